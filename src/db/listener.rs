@@ -1,0 +1,133 @@
+//! `Listener`: the one connection per process that LISTENs for commits and
+//! moves new changes from the log into the hub, in commit order.
+//!
+//! Notifications only wake the listener; what it publishes always comes from
+//! the log, read after the last published cursor. So a notification that is
+//! lost (while disconnected) costs nothing: after every (re)connect the
+//! listener first reads the gap back from the log.
+
+use std::{
+    future::poll_fn,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{pool::parse, ChangeLog, Cursor, DbError};
+use crate::hub::Hub;
+
+/// Channel the commit trigger notifies (see sql/V1__change_log.sql).
+pub(super) const CHANNEL: &str = "tidewire";
+
+/// Listener state shared with health checks and metrics.
+#[derive(Debug, Default)]
+pub struct ListenerStatus {
+    /// True while the LISTEN connection is up and caught up with the log.
+    pub live: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub published: AtomicU64,
+}
+
+pub struct Listener {
+    pub url: String,
+    pub log: ChangeLog,
+    pub hub: Arc<Hub>,
+    pub status: Arc<ListenerStatus>,
+    pub page: i64,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Listener {
+    /// Runs until `shutdown` turns true, reconnecting as often as needed.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut last = self.hub.published();
+        let mut delay = self.backoff;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.session(&mut last, &mut shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    let was_live = self.status.live.swap(false, Ordering::SeqCst);
+                    if was_live {
+                        delay = self.backoff;
+                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(%error, retry_in = ?delay, "listener lost the database, reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(self.backoff_max);
+        }
+    }
+
+    /// One connection's life: LISTEN, catch up, then publish on every wake.
+    /// Returns `Ok` on shutdown and `Err` when the connection is lost.
+    async fn session(
+        &self,
+        last: &mut Cursor,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), DbError> {
+        let mut config = parse(&self.url)?;
+        config.application_name("tidewire-listener");
+        let (client, mut connection) = config.connect(NoTls).await?;
+
+        // Drive the connection with poll_message: a plainly spawned
+        // connection future would drop the notifications.
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
+        let mut driver = tokio::spawn(async move {
+            loop {
+                match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => waker.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return DbError::from(error),
+                    None => return DbError::Config("listener connection closed".into()),
+                }
+            }
+        });
+        let result = async {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            loop {
+                self.drain(last).await?;
+                self.status.live.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = shutdown.changed() => return Ok(()),
+                    lost = &mut driver => {
+                        return Err(lost.unwrap_or_else(|e| DbError::Config(e.to_string())));
+                    }
+                }
+            }
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    /// Publishes everything in the log after `last`.
+    async fn drain(&self, last: &mut Cursor) -> Result<(), DbError> {
+        loop {
+            let page = self.log.read_after(*last, self.page).await?;
+            let full = page.len() as i64 >= self.page;
+            for change in page {
+                *last = change.cursor;
+                self.hub.publish(Arc::new(change));
+                self.status.published.fetch_add(1, Ordering::Relaxed);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

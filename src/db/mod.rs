@@ -1,0 +1,31 @@
+//! Everything that talks to Postgres: the pool, migrations, the embedded
+//! cluster, the change log and the listener that tails it.
+
+mod change_log;
+mod cursor;
+pub mod embedded;
+mod listener;
+mod migrate;
+mod pool;
+
+pub use change_log::{Change, ChangeLog, Op, TrackedTable};
+pub use cursor::{BadCursor, Cursor};
+pub use listener::{Listener, ListenerStatus};
+pub use migrate::migrate;
+pub use pool::{connect_once, connect_pool, ensure_database};
+
+/// Errors of the database layer. Never shown to clients as they are: the
+/// GraphQL layer turns them into a generic `INTERNAL` error.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("change log holds unexpected data: {0}")]
+    Corrupt(String),
+}

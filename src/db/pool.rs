@@ -1,0 +1,71 @@
+//! The connection pool used by resolvers and log readers, and one-off
+//! connections for the listener and administration.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{Client, NoTls};
+
+use super::DbError;
+
+/// Parses a connection string and builds a pool of at most `size`
+/// connections. Connections are opened lazily.
+pub fn connect_pool(url: &str, size: usize, app_name: &str) -> Result<Pool, DbError> {
+    let mut config = parse(url)?;
+    config.application_name(app_name);
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// Parses a connection string, with keepalives on so a vanished server is
+/// noticed even on an idle connection.
+pub(super) fn parse(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5));
+    Ok(config)
+}
+
+/// Opens one connection whose driver runs on its own task; for short
+/// administrative work (creating databases, migrations).
+pub async fn connect_once(url: &str) -> Result<Client, DbError> {
+    let (client, connection) = parse(url)?.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "administrative connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates `database` on the server of `admin_url` unless it exists.
+pub async fn ensure_database(admin_url: &str, database: &str) -> Result<(), DbError> {
+    let client = connect_once(admin_url).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await?;
+    }
+    Ok(())
+}

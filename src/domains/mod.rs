@@ -1,0 +1,4 @@
+//! One module per domain: its GraphQL types and resolvers (and, as domains
+//! grow, their SQL).
+
+pub mod changes;

@@ -1,0 +1,42 @@
+//! Client-facing error codes (DESIGN.md's API contract) and the one place
+//! that turns internal failures into a generic message.
+
+use async_graphql::ErrorExtensions;
+
+/// The `extensions.code` of every error a client can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    BadUserInput,
+    NotFound,
+    CursorExpired,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// A GraphQL error with this code and a message meant for the client.
+    pub fn error(self, message: impl Into<String>) -> async_graphql::Error {
+        async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", self.as_str()))
+    }
+}
+
+/// Logs `error` with its detail and returns a generic `INTERNAL` error: no
+/// SQL, path or stack detail reaches the client.
+pub fn internal(error: impl std::fmt::Display) -> async_graphql::Error {
+    tracing::error!(%error, "internal error");
+    ErrorCode::Internal.error("internal error; the server log has the details")
+}

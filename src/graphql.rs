@@ -1,0 +1,43 @@
+//! Schema assembly: the root types merged from every domain, and the only
+//! place that adds context data.
+
+use std::sync::Arc;
+
+use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
+
+use crate::{
+    db::ChangeLog,
+    domains::changes::{ChangesQuery, ChangesSubscription},
+    hub::Hub,
+};
+
+#[derive(MergedObject, Default)]
+pub struct Query(ChangesQuery);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(ChangesSubscription);
+
+pub type TidewireSchema = Schema<Query, EmptyMutation, Subscription>;
+
+/// Settings resolvers need at run time.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Rows per change-log read.
+    pub log_page: i64,
+}
+
+/// The schema with its context data, ready to execute.
+pub fn build_schema(log: ChangeLog, hub: Arc<Hub>, limits: Limits) -> TidewireSchema {
+    Schema::build(Query::default(), EmptyMutation, Subscription::default())
+        .data(log)
+        .data(hub)
+        .data(limits)
+        .finish()
+}
+
+/// The schema's SDL, as committed in `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(Query::default(), EmptyMutation, Subscription::default())
+        .finish()
+        .sdl()
+}

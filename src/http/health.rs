@@ -1,0 +1,93 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::{fmt::Write, sync::atomic::Ordering, time::Duration};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+
+use super::AppState;
+
+/// The process is up.
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the database answers and the listener is live.
+pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = database_answers(&state).await;
+    let listener = state.listener.live.load(Ordering::SeqCst);
+    let body = format!("database: {}\nlistener: {}\n", up(database), up(listener));
+    let status = if database && listener {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+/// Prometheus text format.
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let listener = &state.listener;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    };
+    gauge(
+        "tidewire_listener_up",
+        "1 while the LISTEN connection is live.",
+        "gauge",
+        listener.live.load(Ordering::SeqCst).into(),
+    );
+    gauge(
+        "tidewire_listener_reconnects_total",
+        "Times the listener lost its connection and reconnected.",
+        "counter",
+        listener.reconnects.load(Ordering::Relaxed),
+    );
+    gauge(
+        "tidewire_changes_published_total",
+        "Changes moved from the log into the hub.",
+        "counter",
+        listener.published.load(Ordering::Relaxed),
+    );
+    gauge(
+        "tidewire_hub_topics",
+        "Topics with at least one subscriber.",
+        "gauge",
+        state.hub.topic_count() as u64,
+    );
+    gauge(
+        "tidewire_hub_subscribers",
+        "Live subscriptions over all topics.",
+        "gauge",
+        state.hub.subscriber_count() as u64,
+    );
+    gauge(
+        "tidewire_websocket_connections",
+        "Open WebSocket connections.",
+        "gauge",
+        state.open_sockets() as u64,
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+async fn database_answers(state: &AppState) -> bool {
+    let check = async {
+        let client = state.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Some(_))
+    )
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok {
+        "up"
+    } else {
+        "down"
+    }
+}

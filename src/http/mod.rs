@@ -1,0 +1,97 @@
+//! HTTP: one router for GraphQL (POST, GraphiQL, WebSocket), the
+//! playground, health, readiness and metrics.
+
+mod health;
+mod websocket;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_graphql::http::{playground_source, GraphQLPlaygroundConfig, GraphiQLSource};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::{
+    extract::{FromRequestParts, Request, State, WebSocketUpgrade},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, watch};
+
+use crate::{db::ListenerStatus, graphql::TidewireSchema, hub::Hub};
+
+/// Everything a request handler may need.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: TidewireSchema,
+    /// Used by `/readyz` to check the database is reachable.
+    pub pool: Pool,
+    pub listener: Arc<ListenerStatus>,
+    pub hub: Arc<Hub>,
+    /// Turns true when the server shuts down; open sockets close with 1001.
+    pub shutdown: watch::Receiver<bool>,
+    /// Every WebSocket task holds a clone; shutdown waits until all dropped.
+    pub sockets_done: mpsc::Sender<()>,
+    pub sockets: Arc<AtomicUsize>,
+    pub max_message_bytes: usize,
+    pub keepalive: Duration,
+}
+
+impl AppState {
+    fn open_sockets(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/playground", get(playground))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+async fn graphql_post(State(state): State<AppState>, request: GraphQLRequest) -> GraphQLResponse {
+    state.schema.execute(request.into_inner()).await.into()
+}
+
+/// A WebSocket upgrade starts a subscription socket; a browser gets GraphiQL.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => websocket::upgrade(upgrade, state),
+        Err(_) => Html(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .title("Tidewire GraphiQL")
+                .finish(),
+        )
+        .into_response(),
+    }
+}
+
+async fn playground() -> Html<String> {
+    Html(playground_source(
+        GraphQLPlaygroundConfig::new("/graphql").subscription_endpoint("/graphql"),
+    ))
+}
+
+async fn index() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><title>Tidewire</title>",
+        "<h1>Tidewire</h1><p>Postgres changes as live GraphQL subscriptions.</p>",
+        "<ul><li><a href=\"/graphql\">GraphiQL</a></li>",
+        "<li><a href=\"/playground\">GraphQL Playground</a></li>",
+        "<li><a href=\"/readyz\">readiness</a> · <a href=\"/metrics\">metrics</a></li></ul>"
+    ))
+}

@@ -1,0 +1,206 @@
+//! The in-memory fan-out hub: topic → subscribers.
+//!
+//! Each topic is a bounded `broadcast` channel of shared `Arc<Change>`s, so a
+//! publish never blocks on a subscriber and memory per topic is capped. A
+//! subscriber that falls behind the buffer gets `Lagged` and its [`Feed`]
+//! reads the missed changes back from the log. A topic is removed when its
+//! last subscriber leaves.
+
+mod feed;
+mod filter;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use tokio::sync::broadcast;
+
+pub use feed::Feed;
+pub use filter::{FilterError, RowFilter};
+
+use crate::db::{Change, Cursor};
+
+/// Topic registry shared by the listener (publisher) and every subscription.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<HubState>,
+    /// Buffer of each topic's broadcast channel.
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    topics: HashMap<Arc<str>, broadcast::Sender<Arc<Change>>>,
+    /// Cursor of the newest published change. A new subscription starts
+    /// after it, under the same lock, so it neither misses nor repeats one.
+    published: Cursor,
+}
+
+impl Hub {
+    pub fn new(capacity: usize, published: Cursor) -> Arc<Self> {
+        Arc::new(Hub {
+            state: Mutex::new(HubState {
+                published,
+                ..HubState::default()
+            }),
+            capacity: capacity.max(1),
+        })
+    }
+
+    /// Hands a change to every current subscriber of its topic.
+    pub fn publish(&self, change: Arc<Change>) {
+        let mut state = self.lock();
+        state.published = state.published.max(change.cursor);
+        if let Some(sender) = state.topics.get(&change.topic) {
+            if sender.send(change.clone()).is_err() {
+                // No receiver left (a subscription dropped without cleanup
+                // racing us): forget the topic.
+                state.topics.remove(&change.topic);
+            }
+        }
+    }
+
+    /// Registers a subscriber of `topic`; it receives every change published
+    /// after the returned subscription's `start` cursor.
+    pub fn subscribe(self: &Arc<Self>, topic: &str) -> Subscription {
+        let mut state = self.lock();
+        let start = state.published;
+        let receiver = match state.topics.get(topic) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = broadcast::channel(self.capacity);
+                state.topics.insert(Arc::from(topic), sender);
+                receiver
+            }
+        };
+        Subscription {
+            hub: self.clone(),
+            topic: Arc::from(topic),
+            receiver: Some(receiver),
+            start,
+        }
+    }
+
+    /// Newest published cursor.
+    pub fn published(&self) -> Cursor {
+        self.lock().published
+    }
+
+    /// Number of topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.lock().topics.len()
+    }
+
+    /// Number of live subscriptions over all topics.
+    pub fn subscriber_count(&self) -> usize {
+        self.lock()
+            .topics
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        // The state stays consistent even if a holder panicked mid-way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One subscriber's registration; unregisters on drop.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    topic: Arc<str>,
+    receiver: Option<broadcast::Receiver<Arc<Change>>>,
+    /// Changes at or before this cursor were published before we joined.
+    pub start: Cursor,
+}
+
+impl Subscription {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub async fn recv(&mut self) -> Result<Arc<Change>, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut state = self.hub.lock();
+        if state
+            .topics
+            .get(&self.topic)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            state.topics.remove(&self.topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Op;
+
+    fn change(topic: &str, position: i64) -> Arc<Change> {
+        Arc::new(Change {
+            cursor: Cursor::new(position, position),
+            topic: Arc::from(topic),
+            table: topic.to_owned(),
+            op: Op::Insert,
+            row: None,
+            old_row: None,
+            committed_at: chrono::Utc::now(),
+        })
+    }
+
+    #[tokio::test]
+    async fn delivers_only_the_subscribed_topic() {
+        let hub = Hub::new(8, Cursor::default());
+        let mut a = hub.subscribe("a");
+        hub.publish(change("b", 1));
+        hub.publish(change("a", 2));
+        assert_eq!(a.recv().await.unwrap().cursor.position, 2);
+    }
+
+    #[tokio::test]
+    async fn removes_a_topic_when_its_last_subscriber_leaves() {
+        let hub = Hub::new(8, Cursor::default());
+        let a1 = hub.subscribe("a");
+        let a2 = hub.subscribe("a");
+        assert_eq!((hub.topic_count(), hub.subscriber_count()), (1, 2));
+        drop(a1);
+        assert_eq!((hub.topic_count(), hub.subscriber_count()), (1, 1));
+        drop(a2);
+        assert_eq!((hub.topic_count(), hub.subscriber_count()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_starts_after_the_last_published_change() {
+        let hub = Hub::new(8, Cursor::default());
+        hub.publish(change("a", 5));
+        let sub = hub.subscribe("a");
+        assert_eq!(sub.start, Cursor::new(5, 5));
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_lags_the_subscriber_instead_of_blocking() {
+        let hub = Hub::new(2, Cursor::default());
+        let mut sub = hub.subscribe("a");
+        for position in 1..=5 {
+            hub.publish(change("a", position));
+        }
+        assert!(matches!(
+            sub.recv().await,
+            Err(broadcast::error::RecvError::Lagged(3))
+        ));
+        assert_eq!(sub.recv().await.unwrap().cursor.position, 4);
+    }
+}

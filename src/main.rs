@@ -1,0 +1,107 @@
+//! Command line → configuration → `server`. Everything else is in the
+//! library.
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use tidewire::{
+    config::{Cli, Command, Config},
+    db::{
+        embedded::{self, EmbeddedOptions, EmbeddedPostgres},
+        ensure_database,
+    },
+    graphql,
+    server::App,
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::PrintSchema => {
+            print!("{}", graphql::sdl());
+            Ok(())
+        }
+        Command::Psql { args } => psql(&cli.config, &args),
+        Command::Serve => {
+            init_logging(&cli.config.log)?;
+            tokio::runtime::Runtime::new()?.block_on(serve(cli.config))
+        }
+    }
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let embedded = match config.database_url {
+        Some(_) => None,
+        None => {
+            let options = EmbeddedOptions {
+                data_dir: config.data_dir.clone(),
+                ephemeral: false,
+            };
+            let pg =
+                tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options)).await??;
+            ensure_database(&pg.url("postgres"), embedded::DATABASE).await?;
+            config.database_url = Some(pg.url(embedded::DATABASE));
+            tracing::info!(
+                "embedded Postgres on 127.0.0.1:{} (open a shell with `cargo run -- psql`)",
+                pg.port()
+            );
+            Some(pg)
+        }
+    };
+    let result = run(config).await;
+    if let Some(pg) = embedded {
+        tokio::task::spawn_blocking(move || pg.stop()).await??;
+    }
+    result
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = App::prepare(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("GraphiQL: http://{addr}/graphql");
+    println!("Tidewire is up. GraphiQL: http://{addr}/graphql");
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Replaces this process with psql connected to the running embedded
+/// cluster.
+fn psql(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => match embedded::running_url(&config.data_dir) {
+            Some(url) => url,
+            None => bail!(
+                "no embedded Postgres is running in {}: start Tidewire first (`cargo run --release`)",
+                config.data_dir.display()
+            ),
+        },
+    };
+    let error = std::process::Command::new("psql")
+        .arg(url)
+        .args(args)
+        .exec();
+    bail!("cannot run psql: {error}")
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("bad --log filter `{filter}`"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    Ok(())
+}

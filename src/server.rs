@@ -1,0 +1,148 @@
+//! `App`: connect, migrate and wire the parts together; then serve until
+//! shutdown and stop in order: stop accepting, close WebSockets with 1001,
+//! stop the listener.
+
+use std::{
+    future::Future,
+    sync::{atomic::AtomicUsize, Arc},
+    time::{Duration, Instant},
+};
+
+use deadpool_postgres::Pool;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    config::Config,
+    db::{connect_once, connect_pool, migrate, ChangeLog, DbError, Listener, ListenerStatus},
+    graphql::{build_schema, Limits},
+    http::{router, AppState},
+    hub::Hub,
+};
+
+/// How long shutdown waits for open WebSockets to say goodbye.
+const SOCKET_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no database: set DATABASE_URL (or run without it to use the embedded Postgres)")]
+    NoDatabase,
+    #[error("database unreachable after {waited:?}: {source}")]
+    Unreachable { waited: Duration, source: DbError },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A prepared service: database reachable, migrations applied.
+pub struct App {
+    config: Config,
+    url: String,
+    pool: Pool,
+    log: ChangeLog,
+    hub: Arc<Hub>,
+}
+
+impl App {
+    /// Connects (retrying with backoff up to `connect_timeout`), applies the
+    /// migrations and builds the hub at the log's head.
+    pub async fn prepare(config: Config) -> Result<App, ServerError> {
+        let url = config.database_url.clone().ok_or(ServerError::NoDatabase)?;
+        wait_for_database(&url, config.connect_timeout).await?;
+        migrate(&url).await?;
+        let pool = connect_pool(&url, config.pool_size, "tidewire")?;
+        let log = ChangeLog::new(pool.clone());
+        let hub = Hub::new(config.topic_buffer, log.head().await?);
+        Ok(App {
+            config,
+            url,
+            pool,
+            log,
+            hub,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops in order.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let status = Arc::new(ListenerStatus::default());
+        let listener_task = tokio::spawn(
+            Listener {
+                url: self.url.clone(),
+                log: self.log.clone(),
+                hub: self.hub.clone(),
+                status: status.clone(),
+                page: self.config.log_page,
+                backoff: self.config.listener_backoff,
+                backoff_max: self.config.listener_backoff_max,
+            }
+            .run(stop_rx.clone()),
+        );
+        let schema = build_schema(
+            self.log.clone(),
+            self.hub.clone(),
+            Limits {
+                log_page: self.config.log_page,
+            },
+        );
+        let (done_tx, mut done_rx) = mpsc::channel(1);
+        let state = AppState {
+            schema,
+            pool: self.pool.clone(),
+            listener: status,
+            hub: self.hub.clone(),
+            shutdown: stop_rx,
+            sockets_done: done_tx,
+            sockets: Arc::new(AtomicUsize::new(0)),
+            max_message_bytes: self.config.max_message_bytes,
+            keepalive: self.config.keepalive,
+        };
+        let app = router(state);
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        // Every socket task holds a sender clone: wait for them to close.
+        if tokio::time::timeout(SOCKET_GRACE, done_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some WebSockets did not close in time");
+        }
+        let _ = listener_task.await;
+        self.pool.close();
+        tracing::info!("stopped");
+        Ok(served?)
+    }
+}
+
+async fn wait_for_database(url: &str, patience: Duration) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match connect_once(url).await {
+            Ok(_) => return Ok(()),
+            Err(source) if started.elapsed() + delay > patience => {
+                return Err(ServerError::Unreachable {
+                    waited: started.elapsed(),
+                    source,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "database unreachable, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

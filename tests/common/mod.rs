@@ -1,0 +1,349 @@
+//! Shared harness: one embedded Postgres per test binary, one database and
+//! one server (on port 0) per test, and a real graphql-transport-ws client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tidewire::{
+    config::Config,
+    db::{
+        connect_once,
+        embedded::{EmbeddedOptions, EmbeddedPostgres},
+        ensure_database,
+    },
+    server::App,
+};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// How long a test waits for an expected message before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static CLUSTER: OnceLock<EmbeddedPostgres> = OnceLock::new();
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// The test binary's Postgres, started on first use. Its guardian stops it
+/// and deletes its folder when the test process exits.
+pub fn cluster() -> &'static EmbeddedPostgres {
+    CLUSTER.get_or_init(|| {
+        let data_dir = std::env::temp_dir().join(format!("tidewire-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        EmbeddedPostgres::start(&EmbeddedOptions {
+            data_dir,
+            ephemeral: true,
+        })
+        .expect("starting the embedded Postgres for tests")
+    })
+}
+
+/// A fresh database in the test cluster.
+pub async fn fresh_database() -> String {
+    let pg = cluster();
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed)
+    );
+    ensure_database(&pg.url("postgres"), &name)
+        .await
+        .expect("creating a test database");
+    pg.url(&name)
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server on its own database, with `adjust` applied to the
+    /// default configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let database_url = fresh_database().await;
+        Self::start_on(database_url, adjust).await
+    }
+
+    /// Starts a server on an existing database (e.g. a restart).
+    pub async fn start_on(database_url: String, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::for_database(database_url.clone());
+        adjust(&mut config);
+        let app = App::prepare(config).await.expect("preparing the server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serving");
+        });
+        let server = TestServer {
+            addr,
+            database_url,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Polls `/readyz` until it says ready.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.ready().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn ready(&self) -> bool {
+        reqwest::get(self.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// A direct database connection, as an application writing rows has.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect_once(&self.database_url)
+            .await
+            .expect("connecting to the test database")
+    }
+
+    pub async fn sql(&self, statements: &str) {
+        self.db()
+            .await
+            .batch_execute(statements)
+            .await
+            .expect(statements);
+    }
+
+    /// A graphql-transport-ws client past `connection_init`.
+    pub async fn ws(&self) -> GqlClient {
+        GqlClient::connect(self.addr, "graphql-transport-ws").await
+    }
+
+    /// A legacy `graphql-ws` (subscriptions-transport-ws) client.
+    pub async fn ws_legacy(&self) -> GqlClient {
+        GqlClient::connect(self.addr, "graphql-ws").await
+    }
+
+    pub async fn post(&self, query: &str, variables: Value) -> Value {
+        reqwest::Client::new()
+            .post(self.url("/graphql"))
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Graceful shutdown; waits until the server has stopped.
+    pub async fn shutdown(mut self) {
+        self.stop.take().map(|s| s.send(()));
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server did not stop in time")
+                .expect("server task failed");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// A real WebSocket client speaking either GraphQL subprotocol.
+pub struct GqlClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    legacy: bool,
+    /// Messages for other subscriptions, read while waiting for one.
+    pending: VecDeque<Value>,
+}
+
+impl GqlClient {
+    pub async fn connect(addr: SocketAddr, protocol: &str) -> GqlClient {
+        let mut client = Self::open(addr, protocol).await;
+        client
+            .send(json!({"type": "connection_init", "payload": {}}))
+            .await;
+        let ack = client.next_message().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
+    /// Opens the socket without `connection_init`.
+    pub async fn open(addr: SocketAddr, protocol: &str) -> GqlClient {
+        let mut request = format!("ws://{addr}/graphql")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        assert_eq!(
+            response.headers().get("sec-websocket-protocol").unwrap(),
+            protocol
+        );
+        GqlClient {
+            ws,
+            legacy: protocol == "graphql-ws",
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        self.send(
+            json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
+        )
+        .await;
+    }
+
+    pub async fn complete(&mut self, id: &str) {
+        let kind = if self.legacy { "stop" } else { "complete" };
+        self.send(json!({"id": id, "type": kind})).await;
+    }
+
+    /// The next protocol message, answering pings and skipping keep-alives.
+    pub async fn next_message(&mut self) -> Value {
+        self.try_next_message(WAIT)
+            .await
+            .expect("no message in time")
+    }
+
+    /// The next protocol message within `wait`, or `None`.
+    pub async fn try_next_message(&mut self, wait: Duration) -> Option<Value> {
+        match self.pending.pop_front() {
+            Some(message) => Some(message),
+            None => self.read_message(wait).await,
+        }
+    }
+
+    /// The next protocol message from the socket itself.
+    async fn read_message(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match frame.expect("socket closed").expect("socket error") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    match value["type"].as_str() {
+                        Some("ka") => continue,
+                        Some("ping") => self.send(json!({"type": "pong"})).await,
+                        _ => return Some(value),
+                    }
+                }
+                Message::Close(frame) => panic!("socket closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next result for subscription `id`: its `payload` (data and/or
+    /// errors).
+    pub async fn next_payload(&mut self, id: &str) -> Value {
+        let message = match self.pending.iter().position(|m| m["id"] == id) {
+            Some(i) => self.pending.remove(i).unwrap(),
+            None => loop {
+                let message = self.read_message(WAIT).await.expect("no message in time");
+                if message["id"] == id {
+                    break message;
+                }
+                self.pending.push_back(message);
+            },
+        };
+        assert!(
+            matches!(message["type"].as_str(), Some("next" | "data")),
+            "unexpected message for {id}: {message}"
+        );
+        message["payload"].clone()
+    }
+
+    /// The next data item of subscription `id` under `field`; fails on errors.
+    pub async fn next_item(&mut self, id: &str, field: &str) -> Value {
+        let payload = self.next_payload(id).await;
+        assert!(payload.get("errors").is_none(), "errors: {payload}");
+        payload["data"][field].clone()
+    }
+
+    /// Waits for the close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no close in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error before close: {e}"),
+            }
+        }
+    }
+
+    /// Asserts no message for `id` arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(message) = self.try_next_message(wait).await {
+            panic!("expected silence, got {message}");
+        }
+    }
+}
