@@ -66,6 +66,41 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_LOG_PAGE", default_value_t = 500)]
     pub log_page: i64,
 
+    /// Approximate bytes of rows one catch-up read may hold per subscriber
+    /// (the first row always comes, however large).
+    #[arg(long, env = "TIDEWIRE_PAGE_BYTES", default_value_t = 256 * 1024)]
+    pub page_bytes: i64,
+
+    /// Outgoing bytes a WebSocket connection may have queued and unsent.
+    /// When a client reads slower than its changes arrive, its
+    /// subscriptions stop pulling and later read the log from their cursors.
+    #[arg(long, env = "TIDEWIRE_MAX_QUEUED_BYTES", default_value_t = 256 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Prune commits older than this from the log: the longest a client can
+    /// be away and still resume.
+    #[arg(long, env = "TIDEWIRE_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Keep at most this many commits in the log: older ones are pruned even
+    /// inside --retention.
+    #[arg(long, env = "TIDEWIRE_RETENTION_COMMITS", default_value_t = 10_000_000)]
+    pub retention_commits: i64,
+
+    /// How often the pruning job runs.
+    #[arg(long, env = "TIDEWIRE_PRUNE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
+    /// How often the watchdog checks the notification queue and the
+    /// listener's progress.
+    #[arg(long, env = "TIDEWIRE_WATCHDOG_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub watchdog_interval: Duration,
+
+    /// A listener that publishes nothing for this long while the log has
+    /// newer commits is reported stuck (log, /readyz false).
+    #[arg(long, env = "TIDEWIRE_STUCK_AFTER", default_value = "15s", value_parser = parse_duration)]
+    pub stuck_after: Duration,
+
     /// Largest WebSocket message accepted from a client, in bytes.
     #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
@@ -101,7 +136,7 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of milliseconds.
+/// Parses `250ms`, `5s`, `2m`, `3h`, `7d` or a bare number of milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (digits, unit) = text
@@ -114,7 +149,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86400)),
+        _ => Err(format!(
+            "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+        )),
     }
 }
 
@@ -128,7 +167,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("5y").is_err());
         assert!(parse_duration("fast").is_err());
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
 
 use crate::{
-    db::ChangeLog,
+    db::{ChangeLog, PageLimit},
     domains::changes::{ChangesQuery, ChangesSubscription},
     hub::Hub,
 };
@@ -22,8 +22,8 @@ pub type TidewireSchema = Schema<Query, EmptyMutation, Subscription>;
 /// Settings resolvers need at run time.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Rows per change-log read.
-    pub log_page: i64,
+    /// Size of one subscriber's change-log reads.
+    pub page: PageLimit,
 }
 
 /// The schema with its context data, ready to execute.

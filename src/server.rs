@@ -16,11 +16,17 @@ use tokio::{
 
 use crate::{
     config::Config,
-    db::{connect_once, connect_pool, migrate, ChangeLog, DbError, Listener, ListenerStatus},
+    db::{
+        connect_once, connect_pool, migrate, ChangeLog, DbError, Listener, ListenerStatus,
+        PageLimit, Pruner, Watchdog,
+    },
     graphql::{build_schema, Limits},
     http::{router, AppState},
     hub::Hub,
 };
+
+/// Bytes one listener read may hold: pages of many subscribers' changes.
+const LISTENER_PAGE_BYTES: i64 = 8 << 20;
 
 /// How long shutdown waits for open WebSockets to say goodbye.
 const SOCKET_GRACE: Duration = Duration::from_secs(5);
@@ -79,9 +85,30 @@ impl App {
                 log: self.log.clone(),
                 hub: self.hub.clone(),
                 status: status.clone(),
-                page: self.config.log_page,
+                limit: PageLimit {
+                    rows: self.config.log_page,
+                    bytes: LISTENER_PAGE_BYTES,
+                },
                 backoff: self.config.listener_backoff,
                 backoff_max: self.config.listener_backoff_max,
+            }
+            .run(stop_rx.clone()),
+        );
+        let watchdog_task = tokio::spawn(
+            Watchdog {
+                pool: self.pool.clone(),
+                status: status.clone(),
+                interval: self.config.watchdog_interval,
+                stuck_after: self.config.stuck_after,
+            }
+            .run(stop_rx.clone()),
+        );
+        let pruner_task = tokio::spawn(
+            Pruner {
+                log: self.log.clone(),
+                keep: self.config.retention,
+                keep_commits: self.config.retention_commits,
+                interval: self.config.prune_interval,
             }
             .run(stop_rx.clone()),
         );
@@ -89,7 +116,10 @@ impl App {
             self.log.clone(),
             self.hub.clone(),
             Limits {
-                log_page: self.config.log_page,
+                page: PageLimit {
+                    rows: self.config.log_page,
+                    bytes: self.config.page_bytes,
+                },
             },
         );
         let (done_tx, mut done_rx) = mpsc::channel(1);
@@ -102,6 +132,8 @@ impl App {
             sockets_done: done_tx,
             sockets: Arc::new(AtomicUsize::new(0)),
             max_message_bytes: self.config.max_message_bytes,
+            max_queued_bytes: self.config.max_queued_bytes,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             keepalive: self.config.keepalive,
         };
         let app = router(state);
@@ -119,7 +151,7 @@ impl App {
         {
             tracing::warn!("some WebSockets did not close in time");
         }
-        let _ = listener_task.await;
+        let _ = tokio::join!(listener_task, watchdog_task, pruner_task);
         self.pool.close();
         tracing::info!("stopped");
         Ok(served?)

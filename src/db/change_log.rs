@@ -54,11 +54,51 @@ pub struct TrackedTable {
     pub columns: Vec<String>,
 }
 
-const SELECT_CHANGES: &str = "
-    SELECT c.position, ch.id, ch.topic, ch.table_name, ch.op, ch.new_row, ch.old_row, c.committed_at
-      FROM tidewire.commits c
-      JOIN tidewire.changes ch ON ch.xid = c.xid
-     WHERE c.position >= $1 AND (c.position > $1 OR ch.id > $2)";
+/// One read of the log: rows after a cursor, the retention floor from the
+/// same snapshot, and at most `rows` rows or about `bytes` bytes.
+const READ_PAGE: &str = "
+    SELECT r.floor_position, r.floor_change, p.fetched,
+           p.position, p.id, p.topic, p.table_name, p.op, p.new_row, p.old_row, p.committed_at
+      FROM tidewire.retention r
+      LEFT JOIN LATERAL (
+        SELECT q.*, sum(q.size) OVER (ORDER BY q.position, q.id) AS running, count(*) OVER () AS fetched
+          FROM (SELECT c.position, ch.id, ch.topic, ch.table_name, ch.op, ch.new_row, ch.old_row,
+                       c.committed_at,
+                       coalesce(pg_column_size(ch.new_row), 0) + coalesce(pg_column_size(ch.old_row), 0) AS size
+                  FROM tidewire.commits c
+                  JOIN tidewire.changes ch ON ch.xid = c.xid
+                 WHERE c.position >= $1 AND (c.position > $1 OR ch.id > $2)
+                   AND ($5::text IS NULL OR ch.topic = $5)
+                 ORDER BY c.position, ch.id
+                 LIMIT $3) q
+      ) p ON p.running - p.size < $4
+     ORDER BY p.position, p.id";
+
+/// Rows of the log after a cursor, read in one snapshot.
+#[derive(Debug)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    /// Cursors before this one were pruned: resuming there would skip
+    /// changes.
+    pub floor: Cursor,
+    /// More changes may follow the page.
+    pub more: bool,
+}
+
+impl Page {
+    /// Whether the log no longer holds everything after `after`.
+    pub fn expired(&self, after: Cursor) -> bool {
+        after < self.floor
+    }
+}
+
+/// How much one log read may return.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimit {
+    pub rows: i64,
+    /// Approximate bytes (stored row sizes); the first row always comes.
+    pub bytes: i64,
+}
 
 /// Read access to the change log.
 #[derive(Clone)]
@@ -71,31 +111,71 @@ impl ChangeLog {
         ChangeLog { pool }
     }
 
-    /// Up to `limit` changes after `after`, in commit order, of every topic.
-    pub async fn read_after(&self, after: Cursor, limit: i64) -> Result<Vec<Change>, DbError> {
+    /// Changes after `after` in commit order, of one topic or of all.
+    pub async fn read_after(
+        &self,
+        topic: Option<&str>,
+        after: Cursor,
+        limit: PageLimit,
+    ) -> Result<Page, DbError> {
         let client = self.pool.get().await?;
-        let sql = format!("{SELECT_CHANGES} ORDER BY c.position, ch.id LIMIT $3");
-        let stmt = client.prepare_cached(&sql).await?;
+        let stmt = client.prepare_cached(READ_PAGE).await?;
         let rows = client
-            .query(&stmt, &[&after.position, &after.change, &limit])
+            .query(
+                &stmt,
+                &[
+                    &after.position,
+                    &after.change,
+                    &limit.rows,
+                    &limit.bytes,
+                    &topic,
+                ],
+            )
             .await?;
-        rows.iter().map(change_from_row).collect()
+        let first = rows
+            .first()
+            .ok_or_else(|| DbError::Corrupt("tidewire.retention is empty".into()))?;
+        let floor = Cursor::new(first.get(0), first.get(1));
+        let fetched: Option<i64> = first.get(2);
+        let changes = if fetched.is_some() {
+            rows.iter()
+                .map(change_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let fetched = fetched.unwrap_or(0);
+        let more = fetched >= limit.rows || (changes.len() as i64) < fetched;
+        Ok(Page {
+            changes,
+            floor,
+            more,
+        })
     }
 
-    /// Up to `limit` changes of one topic after `after`, in commit order.
-    pub async fn read_topic_after(
+    /// Deletes commits older than `keep` or beyond the newest
+    /// `keep_commits`; returns how many commits went.
+    pub async fn prune(
         &self,
-        topic: &str,
-        after: Cursor,
-        limit: i64,
-    ) -> Result<Vec<Change>, DbError> {
+        keep: std::time::Duration,
+        keep_commits: i64,
+    ) -> Result<u64, DbError> {
+        const BATCH: i32 = 10_000;
         let client = self.pool.get().await?;
-        let sql = format!("{SELECT_CHANGES} AND ch.topic = $4 ORDER BY c.position, ch.id LIMIT $3");
-        let stmt = client.prepare_cached(&sql).await?;
-        let rows = client
-            .query(&stmt, &[&after.position, &after.change, &limit, &topic])
-            .await?;
-        rows.iter().map(change_from_row).collect()
+        let mut total = 0;
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT tidewire.prune($1, $2, $3)",
+                    &[&keep.as_secs_f64(), &keep_commits, &BATCH],
+                )
+                .await?;
+            let deleted: i32 = row.get(0);
+            total += deleted as u64;
+            if deleted < BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Cursor of the newest committed change (the start of the log if empty).
@@ -152,14 +232,14 @@ impl ChangeLog {
 }
 
 fn change_from_row(row: &Row) -> Result<Change, DbError> {
-    let op: &str = row.get(4);
+    let op: &str = row.get(7);
     Ok(Change {
-        cursor: Cursor::new(row.get(0), row.get(1)),
-        topic: Arc::from(row.get::<_, &str>(2)),
-        table: row.get(3),
+        cursor: Cursor::new(row.get(3), row.get(4)),
+        topic: Arc::from(row.get::<_, &str>(5)),
+        table: row.get(6),
         op: Op::parse(op).ok_or_else(|| DbError::Corrupt(format!("unknown op `{op}`")))?,
-        row: row.get(5),
-        old_row: row.get(6),
-        committed_at: row.get(7),
+        row: row.get(8),
+        old_row: row.get(9),
+        committed_at: row.get(10),
     })
 }

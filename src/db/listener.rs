@@ -9,7 +9,7 @@
 use std::{
     future::poll_fn,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{pool::parse, ChangeLog, Cursor, DbError};
+use super::{pool::parse, ChangeLog, Cursor, DbError, PageLimit};
 use crate::hub::Hub;
 
 /// Channel the commit trigger notifies (see sql/V1__change_log.sql).
@@ -30,7 +30,26 @@ pub struct ListenerStatus {
     /// True while the LISTEN connection is up and caught up with the log.
     pub live: AtomicBool,
     pub reconnects: AtomicU64,
+    /// Changes published into the hub.
     pub published: AtomicU64,
+    /// Commit position of the newest published change.
+    pub position: AtomicI64,
+    /// Set by the watchdog when the listener stops consuming (see
+    /// `watchdog`).
+    pub stuck: AtomicBool,
+    /// `pg_notification_queue_usage()` as f64 bits, read by the watchdog.
+    pub queue_usage: AtomicU64,
+}
+
+impl ListenerStatus {
+    /// Live, caught up, and not stuck.
+    pub fn healthy(&self) -> bool {
+        self.live.load(Ordering::SeqCst) && !self.stuck.load(Ordering::SeqCst)
+    }
+
+    pub fn queue_usage(&self) -> f64 {
+        f64::from_bits(self.queue_usage.load(Ordering::Relaxed))
+    }
 }
 
 pub struct Listener {
@@ -38,7 +57,7 @@ pub struct Listener {
     pub log: ChangeLog,
     pub hub: Arc<Hub>,
     pub status: Arc<ListenerStatus>,
-    pub page: i64,
+    pub limit: PageLimit,
     pub backoff: Duration,
     pub backoff_max: Duration,
 }
@@ -118,14 +137,26 @@ impl Listener {
     /// Publishes everything in the log after `last`.
     async fn drain(&self, last: &mut Cursor) -> Result<(), DbError> {
         loop {
-            let page = self.log.read_after(*last, self.page).await?;
-            let full = page.len() as i64 >= self.page;
-            for change in page {
+            let page = self.log.read_after(None, *last, self.limit).await?;
+            if page.expired(*last) {
+                // Down for longer than retention: what it missed is gone.
+                // Every subscriber re-reads from its own cursor and learns
+                // whether it can go on.
+                tracing::error!(
+                    last = %last, floor = %page.floor,
+                    "the listener fell behind the log's retention; subscribers resume from their cursors"
+                );
+                *last = page.floor;
+                self.hub.reset(page.floor);
+                continue;
+            }
+            for change in page.changes {
                 *last = change.cursor;
                 self.hub.publish(Arc::new(change));
                 self.status.published.fetch_add(1, Ordering::Relaxed);
             }
-            if !full {
+            self.status.position.store(last.position, Ordering::Relaxed);
+            if !page.more {
                 return Ok(());
             }
         }

@@ -7,12 +7,16 @@ pub mod embedded;
 mod listener;
 mod migrate;
 mod pool;
+mod retention;
+mod watchdog;
 
-pub use change_log::{Change, ChangeLog, Op, TrackedTable};
+pub use change_log::{Change, ChangeLog, Op, Page, PageLimit, TrackedTable};
 pub use cursor::{BadCursor, Cursor};
 pub use listener::{Listener, ListenerStatus};
 pub use migrate::migrate;
 pub use pool::{connect_once, connect_pool, ensure_database};
+pub use retention::Pruner;
+pub use watchdog::{StuckDetector, Watchdog};
 
 /// Errors of the database layer. Never shown to clients as they are: the
 /// GraphQL layer turns them into a generic `INTERNAL` error.

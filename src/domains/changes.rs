@@ -78,7 +78,7 @@ impl ChangesSubscription {
         table: String,
         #[graphql(name = "where")] filter: Option<Json<Value>>,
         after: Option<String>,
-    ) -> Result<impl Stream<Item = RowChange>> {
+    ) -> Result<impl Stream<Item = Result<RowChange>>> {
         let log = ctx.data_unchecked::<ChangeLog>().clone();
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         let limits = ctx.data_unchecked::<Limits>();
@@ -101,16 +101,22 @@ impl ChangesSubscription {
             .transpose()
             .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
 
-        let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.log_page);
+        let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page);
         let state = (feed, filter, tracked.name);
         Ok(stream::unfold(
             state,
             |(mut feed, filter, table)| async move {
                 loop {
-                    let change = feed.next().await?;
+                    let change = match feed.next().await? {
+                        Ok(change) => change,
+                        Err(expired) => {
+                            let error = ErrorCode::CursorExpired.error(expired.to_string());
+                            return Some((Err(error), (feed, filter, table)));
+                        }
+                    };
                     // A topic may carry several tables (track(..., topic)).
                     if change.table == table && filter.as_ref().is_none_or(|f| f.matches(&change)) {
-                        return Some((RowChange(change), (feed, filter, table)));
+                        return Some((Ok(RowChange(change)), (feed, filter, table)));
                     }
                 }
             },

@@ -14,8 +14,17 @@ pub(super) async fn healthz() -> &'static str {
 /// Ready when the database answers and the listener is live.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = database_answers(&state).await;
-    let listener = state.listener.live.load(Ordering::SeqCst);
-    let body = format!("database: {}\nlistener: {}\n", up(database), up(listener));
+    let listener = state.listener.healthy();
+    let stuck = if state.listener.stuck.load(Ordering::SeqCst) {
+        " (stuck)"
+    } else {
+        ""
+    };
+    let body = format!(
+        "database: {}\nlistener: {}{stuck}\n",
+        up(database),
+        up(listener)
+    );
     let status = if database && listener {
         StatusCode::OK
     } else {
@@ -51,6 +60,24 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         "Changes moved from the log into the hub.",
         "counter",
         listener.published.load(Ordering::Relaxed),
+    );
+    gauge(
+        "tidewire_listener_stuck",
+        "1 while the listener publishes nothing although the log has newer commits.",
+        "gauge",
+        listener.stuck.load(Ordering::SeqCst).into(),
+    );
+    gauge(
+        "tidewire_feed_catchups_total",
+        "Times a subscriber fell behind its topic buffer and read the log instead.",
+        "counter",
+        state.hub.catchups(),
+    );
+    gauge(
+        "tidewire_websocket_queued_bytes",
+        "Outgoing WebSocket bytes queued and not yet written, over all connections.",
+        "gauge",
+        state.queued_bytes.load(Ordering::Relaxed) as u64,
     );
     gauge(
         "tidewire_hub_topics",

@@ -39,6 +39,10 @@ pub struct AppState {
     pub sockets_done: mpsc::Sender<()>,
     pub sockets: Arc<AtomicUsize>,
     pub max_message_bytes: usize,
+    /// Per-connection bound on outgoing bytes not yet written.
+    pub max_queued_bytes: usize,
+    /// Outgoing bytes queued over all connections (a metric).
+    pub queued_bytes: Arc<AtomicUsize>,
     pub keepalive: Duration,
 }
 

@@ -11,10 +11,19 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Subscription;
-use crate::db::{Change, ChangeLog, Cursor};
+use crate::db::{Change, ChangeLog, Cursor, PageLimit};
 
 /// Longest pause between retries of a failed log read.
 const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// The feed's cursor is older than the log's retention: changes after it
+/// were pruned, so the subscriber must refetch its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the cursor is older than the change log's retention: changes after it are gone; \
+     refetch the current state, then subscribe without `after`"
+)]
+pub struct CursorExpired;
 
 pub struct Feed {
     log: ChangeLog,
@@ -25,7 +34,8 @@ pub struct Feed {
     catching_up: bool,
     /// Changes read from the log, not yet handed out; at most one page.
     backlog: VecDeque<Change>,
-    page: i64,
+    limit: PageLimit,
+    expired: bool,
 }
 
 impl Feed {
@@ -35,36 +45,40 @@ impl Feed {
         log: ChangeLog,
         subscription: Subscription,
         after: Option<Cursor>,
-        page: i64,
+        limit: PageLimit,
     ) -> Self {
-        let catching_up = after.is_some();
         Feed {
             last: after.unwrap_or(subscription.start),
+            catching_up: after.is_some(),
             log,
             subscription,
-            catching_up,
             backlog: VecDeque::new(),
-            page: page.max(1),
+            limit,
+            expired: false,
         }
     }
 
-    /// The next change in commit order; `None` once the hub shuts down.
-    pub async fn next(&mut self) -> Option<Arc<Change>> {
+    /// The next change in commit order. After `CursorExpired` the feed ends.
+    pub async fn next(&mut self) -> Option<Result<Arc<Change>, CursorExpired>> {
         let mut retry = Duration::from_millis(50);
         loop {
+            if self.expired {
+                return None;
+            }
             if let Some(change) = self.backlog.pop_front() {
                 self.last = change.cursor;
-                return Some(Arc::new(change));
+                return Some(Ok(Arc::new(change)));
             }
             if self.catching_up {
-                match self
-                    .log
-                    .read_topic_after(self.subscription.topic(), self.last, self.page)
-                    .await
-                {
+                let topic = Some(self.subscription.topic());
+                match self.log.read_after(topic, self.last, self.limit).await {
+                    Ok(page) if page.expired(self.last) => {
+                        self.expired = true;
+                        return Some(Err(CursorExpired));
+                    }
                     Ok(page) => {
-                        self.catching_up = page.len() as i64 >= self.page;
-                        self.backlog.extend(page);
+                        self.catching_up = page.more;
+                        self.backlog.extend(page.changes);
                         retry = Duration::from_millis(50);
                     }
                     Err(error) => {
@@ -81,13 +95,19 @@ impl Feed {
                 Ok(change) if change.cursor <= self.last => continue,
                 Ok(change) => {
                     self.last = change.cursor;
-                    return Some(change);
+                    return Some(Ok(change));
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "subscriber fell behind, reading the log");
+                    self.subscription.hub().count_catchup();
                     self.catching_up = true;
                 }
-                Err(RecvError::Closed) => return None,
+                Err(RecvError::Closed) => {
+                    // The hub was reset (its listener fell past retention):
+                    // join again and let the log say what is still there.
+                    self.subscription.renew();
+                    self.catching_up = true;
+                }
             }
         }
     }

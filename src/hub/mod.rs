@@ -11,12 +11,15 @@ mod filter;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use tokio::sync::broadcast;
 
-pub use feed::Feed;
+pub use feed::{CursorExpired, Feed};
 pub use filter::{FilterError, RowFilter};
 
 use crate::db::{Change, Cursor};
@@ -27,6 +30,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     /// Buffer of each topic's broadcast channel.
     capacity: usize,
+    /// Times a feed fell behind and switched to the log (a metric).
+    catchups: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +50,7 @@ impl Hub {
                 ..HubState::default()
             }),
             capacity: capacity.max(1),
+            catchups: AtomicU64::new(0),
         })
     }
 
@@ -82,9 +88,26 @@ impl Hub {
         }
     }
 
+    /// Drops every topic: each subscriber sees its channel close, joins
+    /// again and reads the log from its own cursor. Used when the listener
+    /// finds the log pruned past what it had published.
+    pub fn reset(&self, published: Cursor) {
+        let mut state = self.lock();
+        state.topics.clear();
+        state.published = published;
+    }
+
     /// Newest published cursor.
     pub fn published(&self) -> Cursor {
         self.lock().published
+    }
+
+    pub fn catchups(&self) -> u64 {
+        self.catchups.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_catchup(&self) {
+        self.catchups.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of topics with at least one subscriber.
@@ -118,8 +141,18 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Replaces this registration with a fresh one on the same topic.
+    pub fn renew(&mut self) {
+        let fresh = self.hub.subscribe(&self.topic);
+        drop(std::mem::replace(self, fresh));
     }
 
     pub async fn recv(&mut self) -> Result<Arc<Change>, broadcast::error::RecvError> {
