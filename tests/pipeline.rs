@@ -5,12 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, WAIT};
+use common::{wait_for_subscribers, TestServer, CHANGES, WAIT};
 use serde_json::{json, Value};
-
-const CHANGES: &str = "subscription($table: String!, $where: JSON, $after: String) {
-  changes(table: $table, where: $where, after: $after) { cursor table op row oldRow committedAt }
-}";
 
 async fn server_with_items() -> TestServer {
     let server = TestServer::start().await;
@@ -437,16 +433,4 @@ async fn shutdown_closes_sockets_with_1001_and_releases_subscriptions() {
     let (code, reason) = tokio::time::timeout(WAIT, closing).await.unwrap().unwrap();
     assert_eq!(code, 1001);
     assert_eq!(reason, "server shutting down");
-}
-
-/// Waits until the hub counts `n` subscriptions (the metric a user sees).
-async fn wait_for_subscribers(server: &TestServer, n: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.metric("tidewire_hub_subscribers").await != n as f64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {n} subscribers"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

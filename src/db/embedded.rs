@@ -116,23 +116,44 @@ impl EmbeddedPostgres {
         }
         pg.port = free_port().map_err(io)?;
         pg._guardian = Some(pg.spawn_guardian(options.ephemeral).map_err(io)?);
-        let log = data_dir.join("postgres.log");
-        pg.run(
+        pg.start_server()?;
+        tracing::info!(port = pg.port, dir = %data_dir.display(), "embedded Postgres started");
+        Ok(pg)
+    }
+
+    /// Starts the server process on this cluster's port (again, after
+    /// [`EmbeddedPostgres::stop_server`]). Blocking.
+    pub fn start_server(&self) -> Result<(), EmbeddedError> {
+        let log = self.data_dir.join("postgres.log");
+        self.run(
             "pg_ctl start",
-            pg.command("pg_ctl")
+            self.command("pg_ctl")
                 .arg("start")
                 .arg("-D")
-                .arg(&data_dir)
+                .arg(&self.data_dir)
                 .arg("-w")
                 .arg("-t")
                 .arg("60")
                 .arg("-l")
                 .arg(&log)
                 .arg("-o")
-                .arg(format!("-p {} -c listen_addresses=127.0.0.1", pg.port)),
-        )?;
-        tracing::info!(port = pg.port, dir = %data_dir.display(), "embedded Postgres started");
-        Ok(pg)
+                .arg(format!("-p {} -c listen_addresses=127.0.0.1", self.port)),
+        )
+    }
+
+    /// Stops the server process (fast shutdown: open transactions roll
+    /// back), keeping the data; for outage tests. Blocking.
+    pub fn stop_server(&self) -> Result<(), EmbeddedError> {
+        self.run(
+            "pg_ctl stop",
+            self.command("pg_ctl")
+                .arg("stop")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-m")
+                .arg("fast")
+                .arg("-w"),
+        )
     }
 
     /// Connection string for a database of this cluster.
@@ -151,16 +172,7 @@ impl EmbeddedPostgres {
     /// process started it. Blocking.
     pub fn stop(self) -> Result<(), EmbeddedError> {
         if self.owned {
-            self.run(
-                "pg_ctl stop",
-                self.command("pg_ctl")
-                    .arg("stop")
-                    .arg("-D")
-                    .arg(&self.data_dir)
-                    .arg("-m")
-                    .arg("fast")
-                    .arg("-w"),
-            )?;
+            self.stop_server()?;
             tracing::info!("embedded Postgres stopped");
         }
         Ok(())

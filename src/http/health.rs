@@ -97,6 +97,13 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         "gauge",
         state.open_sockets() as u64,
     );
+    let _ = write!(
+        out,
+        "# HELP tidewire_notify_queue_usage Fraction of Postgres's notification queue in use; \
+         notifying commits fail at 1.\n# TYPE tidewire_notify_queue_usage gauge\n\
+         tidewire_notify_queue_usage {}\n",
+        listener.queue_usage()
+    );
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 

@@ -197,6 +197,55 @@ impl Drop for TestServer {
     }
 }
 
+/// Waits until the hub counts `n` subscriptions (the metric a user sees).
+pub async fn wait_for_subscribers(server: &TestServer, n: usize) {
+    wait_for_metric(server, "tidewire_hub_subscribers", |v| v == n as f64).await;
+}
+
+/// Waits until metric `name` satisfies `ok`; returns its value.
+pub async fn wait_for_metric(server: &TestServer, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = server.metric(name).await;
+        if ok(value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift), so failing
+/// runs can be repeated from the printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("rng seed {seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// The subscription most tests use.
+pub const CHANGES: &str = "subscription($table: String!, $where: JSON, $after: String) {
+  changes(table: $table, where: $where, after: $after) { cursor table op row oldRow committedAt }
+}";
+
 /// A real WebSocket client speaking either GraphQL subprotocol.
 pub struct GqlClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -216,8 +265,28 @@ impl GqlClient {
         client
     }
 
+    /// A client whose socket has a tiny receive buffer, so that not reading
+    /// stalls the server quickly (a slow consumer).
+    pub async fn connect_small_buffer(addr: SocketAddr) -> GqlClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut client = Self::handshake(addr, "graphql-transport-ws", stream).await;
+        client
+            .send(json!({"type": "connection_init", "payload": {}}))
+            .await;
+        let ack = client.next_message().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
     /// Opens the socket without `connection_init`.
     pub async fn open(addr: SocketAddr, protocol: &str) -> GqlClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::handshake(addr, protocol, stream).await
+    }
+
+    async fn handshake(addr: SocketAddr, protocol: &str, stream: TcpStream) -> GqlClient {
         let mut request = format!("ws://{addr}/graphql")
             .into_client_request()
             .unwrap();
@@ -225,9 +294,10 @@ impl GqlClient {
             "sec-websocket-protocol",
             HeaderValue::from_str(protocol).unwrap(),
         );
-        let (ws, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connect");
+        let (ws, response) =
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+                .await
+                .expect("websocket connect");
         assert_eq!(
             response.headers().get("sec-websocket-protocol").unwrap(),
             protocol
@@ -321,6 +391,23 @@ impl GqlClient {
         let payload = self.next_payload(id).await;
         assert!(payload.get("errors").is_none(), "errors: {payload}");
         payload["data"][field].clone()
+    }
+
+    /// Messages still arriving until the server closes the socket.
+    pub async fn until_closed(&mut self) -> Vec<Value> {
+        let mut messages: Vec<Value> = self.pending.drain(..).collect();
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no close in time")
+            {
+                Some(Ok(Message::Text(text))) => {
+                    messages.push(serde_json::from_str(&text).unwrap())
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return messages,
+                Some(Ok(_)) => continue,
+            }
+        }
     }
 
     /// Waits for the close frame; returns its code and reason.
