@@ -378,10 +378,9 @@ async fn notification_queue_usage_is_exported() {
     // A session that listens and then sits in a transaction holds the queue
     // back, as a stuck listener would.
     let stuck = server.db().await;
-    stuck
-        .batch_execute("LISTEN tidewire; BEGIN;")
-        .await
-        .unwrap();
+    // Separate statements: a LISTEN only takes effect once committed.
+    stuck.batch_execute("LISTEN tidewire").await.unwrap();
+    stuck.batch_execute("BEGIN").await.unwrap();
     let db = server.db().await;
     for id in 0..600i64 {
         db.execute("INSERT INTO events VALUES ($1)", &[&id])
