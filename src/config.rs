@@ -114,6 +114,16 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_LISTENER_BACKOFF_MAX", default_value = "5s", value_parser = parse_duration)]
     pub listener_backoff_max: Duration,
 
+    /// A WebSocket that sends no `connection_init` within this time is
+    /// closed with 4408.
+    #[arg(long, env = "TIDEWIRE_INIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub init_timeout: Duration,
+
+    /// Results buffered per shared subscription execution before a slow
+    /// member leaves it and continues alone from the log.
+    #[arg(long, env = "TIDEWIRE_GROUP_BUFFER", default_value_t = 256)]
+    pub group_buffer: usize,
+
     /// Interval of WebSocket keep-alive pings to clients.
     #[arg(long, env = "TIDEWIRE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
     pub keepalive: Duration,

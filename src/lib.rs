@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod domains;
 pub mod error;
+pub mod fanout;
 pub mod graphql;
 pub mod http;
 pub mod hub;

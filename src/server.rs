@@ -20,6 +20,7 @@ use crate::{
         connect_once, connect_pool, migrate, ChangeLog, DbError, Listener, ListenerStatus,
         PageLimit, Pruner, Watchdog,
     },
+    fanout::Fanout,
     graphql::{build_schema, Limits},
     http::{router, AppState},
     hub::Hub,
@@ -122,6 +123,7 @@ impl App {
                 },
             },
         );
+        let fanout = Fanout::new(schema.clone(), self.hub.clone(), self.config.group_buffer);
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let state = AppState {
             schema,
@@ -131,10 +133,13 @@ impl App {
             shutdown: stop_rx,
             sockets_done: done_tx,
             sockets: Arc::new(AtomicUsize::new(0)),
+            subscriptions: Arc::new(AtomicUsize::new(0)),
             max_message_bytes: self.config.max_message_bytes,
             max_queued_bytes: self.config.max_queued_bytes,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             keepalive: self.config.keepalive,
+            init_timeout: self.config.init_timeout,
+            fanout,
         };
         let app = router(state);
         let served = axum::serve(listener, app)

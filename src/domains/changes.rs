@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::{
     db::{Change, ChangeLog, Cursor, Op},
     error::{internal, ErrorCode},
+    fanout::{CursorProbe, ResumeFrom},
     hub::{Feed, Hub, RowFilter},
     Limits,
 };
@@ -82,10 +83,15 @@ impl ChangesSubscription {
         let log = ctx.data_unchecked::<ChangeLog>().clone();
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         let limits = ctx.data_unchecked::<Limits>();
-        let after = after
-            .map(|text| text.parse::<Cursor>())
-            .transpose()
-            .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
+        let after = match ctx.data_opt::<ResumeFrom>() {
+            // A member that left its shared execution continues here.
+            Some(ResumeFrom(cursor)) => Some(*cursor),
+            None => after
+                .map(|text| text.parse::<Cursor>())
+                .transpose()
+                .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?,
+        };
+        let probe = ctx.data_opt::<CursorProbe>().cloned();
         let tracked = log
             .tracked_table(&table)
             .await
@@ -102,24 +108,42 @@ impl ChangesSubscription {
             .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
 
         let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page);
-        let state = (feed, filter, tracked.name);
-        Ok(stream::unfold(
-            state,
-            |(mut feed, filter, table)| async move {
-                loop {
-                    let change = match feed.next().await? {
-                        Ok(change) => change,
-                        Err(expired) => {
-                            let error = ErrorCode::CursorExpired.error(expired.to_string());
-                            return Some((Err(error), (feed, filter, table)));
-                        }
-                    };
-                    // A topic may carry several tables (track(..., topic)).
-                    if change.table == table && filter.as_ref().is_none_or(|f| f.matches(&change)) {
-                        return Some((Ok(RowChange(change)), (feed, filter, table)));
-                    }
+        let state = ChangeStream {
+            feed,
+            filter,
+            table: tracked.name,
+            probe,
+        };
+        Ok(stream::unfold(state, ChangeStream::next))
+    }
+}
+
+/// State of one `changes` stream.
+struct ChangeStream {
+    feed: Feed,
+    filter: Option<RowFilter>,
+    /// A topic may carry several tables (track(..., topic)): keep this one.
+    table: String,
+    probe: Option<CursorProbe>,
+}
+
+impl ChangeStream {
+    async fn next(mut self) -> Option<(Result<RowChange>, Self)> {
+        loop {
+            let change = match self.feed.next().await? {
+                Ok(change) => change,
+                Err(expired) => {
+                    let error = ErrorCode::CursorExpired.error(expired.to_string());
+                    return Some((Err(error), self));
                 }
-            },
-        ))
+            };
+            if change.table == self.table && self.filter.as_ref().is_none_or(|f| f.matches(&change))
+            {
+                if let Some(probe) = &self.probe {
+                    probe.set(change.cursor);
+                }
+                return Some((Ok(RowChange(change)), self));
+            }
+        }
     }
 }

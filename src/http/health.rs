@@ -80,6 +80,24 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         state.queued_bytes.load(Ordering::Relaxed) as u64,
     );
     gauge(
+        "tidewire_subscriptions",
+        "Subscriptions running over all WebSocket connections.",
+        "gauge",
+        state.subscriptions.load(Ordering::Relaxed) as u64,
+    );
+    gauge(
+        "tidewire_subscription_executions_total",
+        "Subscription executions started; identical subscriptions share one.",
+        "counter",
+        state.fanout.executions(),
+    );
+    gauge(
+        "tidewire_shared_executions",
+        "Shared executions running now (distinct subscription shapes).",
+        "gauge",
+        state.fanout.group_count() as u64,
+    );
+    gauge(
         "tidewire_hub_topics",
         "Topics with at least one subscriber.",
         "gauge",

@@ -2,6 +2,7 @@
 //! playground, health, readiness and metrics.
 
 mod health;
+pub mod protocol;
 mod websocket;
 
 use std::{
@@ -23,7 +24,7 @@ use axum::{
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, watch};
 
-use crate::{db::ListenerStatus, graphql::TidewireSchema, hub::Hub};
+use crate::{db::ListenerStatus, fanout::Fanout, graphql::TidewireSchema, hub::Hub};
 
 /// Everything a request handler may need.
 #[derive(Clone)]
@@ -38,12 +39,19 @@ pub struct AppState {
     /// Every WebSocket task holds a clone; shutdown waits until all dropped.
     pub sockets_done: mpsc::Sender<()>,
     pub sockets: Arc<AtomicUsize>,
+    /// Subscriptions running over all connections (a metric).
+    pub subscriptions: Arc<AtomicUsize>,
     pub max_message_bytes: usize,
     /// Per-connection bound on outgoing bytes not yet written.
     pub max_queued_bytes: usize,
     /// Outgoing bytes queued over all connections (a metric).
     pub queued_bytes: Arc<AtomicUsize>,
     pub keepalive: Duration,
+    /// A connection that sends no `connection_init` this soon is closed
+    /// with 4408.
+    pub init_timeout: Duration,
+    /// Shared executions of identical subscriptions.
+    pub fanout: Arc<Fanout>,
 }
 
 impl AppState {

@@ -1,37 +1,50 @@
-//! GraphQL over WebSocket: `graphql-transport-ws` and the legacy
-//! `graphql-ws` (subscriptions-transport-ws) subprotocol.
+//! One WebSocket connection: the reader loop (client messages, keep-alive,
+//! shutdown), a task per subscription, and a writer task behind a byte
+//! budget.
 //!
-//! async-graphql's protocol `Stream` does the message handling. Around it:
-//! a writer task with a byte budget (a client that reads slowly stops its
-//! subscriptions from pulling, so they fall back to the log instead of
-//! queueing here), keep-alive, and closing with 1001 at shutdown.
+//! Subscriptions whose shape can be shared join a [`Fanout`] group and only
+//! splice their id into its pre-serialized results. The budget bounds what a
+//! connection holds unsent: when a client reads slowly its subscription
+//! tasks stop pulling, fall behind their buffers and later read the log from
+//! their own cursors.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+};
 
-use async_graphql::http::{WebSocket as GraphQLSocket, WebSocketProtocols, WsMessage};
+use async_graphql::{Request, Value as GqlValue};
 use axum::{
     extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     response::Response,
 };
-use futures_util::{future::ready, stream::SplitSink, SinkExt, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use futures_util::{stream::SplitSink, SinkExt, StreamExt};
+use tokio::{
+    sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+};
 
-use super::AppState;
-
-/// Close code for "going away", sent to every socket at shutdown.
-const GOING_AWAY: u16 = 1001;
+use super::{
+    protocol::{close, quote, ClientMessage, Frames, Protocol},
+    AppState,
+};
+use crate::fanout::{Member, ResumeFrom, Shape};
 
 pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
     let upgrade = upgrade
-        .protocols(["graphql-transport-ws", "graphql-ws"])
+        .protocols(Protocol::NAMES)
         .max_message_size(state.max_message_bytes)
-        .max_frame_size(state.max_message_bytes);
+        .max_frame_size(state.max_message_bytes)
+        // Small buffers: memory per idle connection is what limits how many
+        // one process holds.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024);
     // Clients that name no subprotocol get the current one.
     let protocol = upgrade
         .selected_protocol()
         .and_then(|p| p.to_str().ok())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(WebSocketProtocols::GraphQLWS);
+        .and_then(Protocol::from_name)
+        .unwrap_or(Protocol::TransportWs);
     upgrade.on_upgrade(move |socket| serve(socket, protocol, state))
 }
 
@@ -42,82 +55,303 @@ struct Outgoing {
     bytes: usize,
 }
 
-async fn serve(socket: WebSocket, protocol: WebSocketProtocols, state: AppState) {
-    let _done = state.sockets_done.clone();
-    state.sockets.fetch_add(1, Ordering::Relaxed);
-    let (sink, source) = socket.split();
-    let input = source
-        .take_while(|message| ready(matches!(message, Ok(m) if !matches!(m, Message::Close(_)))))
-        .filter_map(|message| {
-            ready(match message {
-                Ok(Message::Text(text)) => Some(text.into()),
-                Ok(Message::Binary(bytes)) => Some(bytes),
-                _ => None,
-            })
-        });
-    let mut graphql = GraphQLSocket::new(state.schema.clone(), input, protocol);
-    let budget = Arc::new(Semaphore::new(state.max_queued_bytes.max(1)));
-    // The byte budget bounds the queue; the count is a backstop for tiny
-    // frames.
-    let (queue, frames) = mpsc::channel::<Outgoing>(1024);
-    let writer = tokio::spawn(write_frames(sink, frames, state.clone()));
-    let mut keepalive = tokio::time::interval(state.keepalive);
-    keepalive.reset();
-    let mut shutdown = state.shutdown.clone();
-    let mut acknowledged = false;
+/// The sending side of a connection's bounded outgoing queue.
+#[derive(Clone)]
+struct Outbox {
+    queue: mpsc::Sender<Outgoing>,
+    budget: Arc<Semaphore>,
+    limit: usize,
+    state: AppState,
+}
 
-    let close = loop {
-        let message = tokio::select! {
-            message = graphql.next() => match message {
-                Some(WsMessage::Text(text)) => {
-                    acknowledged |= text.contains(r#""type":"connection_ack""#);
-                    Message::Text(text.into())
-                }
-                Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
-                None => break None,
-            },
-            _ = keepalive.tick() => match protocol {
-                WebSocketProtocols::SubscriptionsTransportWS if acknowledged => {
-                    Message::Text(r#"{"type":"ka"}"#.into())
-                }
-                _ => Message::Ping(Default::default()),
-            },
-            _ = shutdown.changed() => break Some((GOING_AWAY, "server shutting down".to_owned())),
+/// The connection is closing; stop producing.
+struct Closed;
+
+impl Outbox {
+    /// Queues a frame, waiting while the connection has `limit` bytes unsent.
+    async fn send(&self, message: Message) -> Result<(), Closed> {
+        let bytes = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+            _ => 0,
         };
-        let bytes = message_len(&message);
-        // Wait for room: meanwhile nothing pulls from the subscriptions.
-        let wanted = bytes.clamp(1, state.max_queued_bytes.max(1)) as u32;
-        let permit = tokio::select! {
-            permit = budget.clone().acquire_many_owned(wanted) => permit.ok(),
-            _ = shutdown.changed() => break Some((GOING_AWAY, "server shutting down".to_owned())),
-        };
-        state.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // A frame larger than the whole budget goes alone.
+        let wanted = bytes.clamp(1, self.limit) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| Closed)?;
+        self.state.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let frame = Outgoing {
             message,
-            _permit: permit,
+            _permit: Some(permit),
             bytes,
         };
-        if queue.send(frame).await.is_err() {
-            break None; // the writer failed: the client is gone
-        }
-    };
-    if let Some((code, reason)) = close {
+        self.queue.send(frame).await.map_err(|_| Closed)
+    }
+
+    async fn text(&self, text: String) -> Result<(), Closed> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Queues the close frame behind what is queued, if there is room.
+    fn close(&self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
         };
-        // Behind what is queued; if the queue is full the client is stuck
-        // and gets no goodbye.
-        let close = Outgoing {
+        let _ = self.queue.try_send(Outgoing {
             message: Message::Close(Some(frame)),
             _permit: None,
             bytes: 0,
-        };
-        let _ = queue.try_send(close);
+        });
     }
-    drop(queue);
+}
+
+async fn serve(socket: WebSocket, protocol: Protocol, state: AppState) {
+    let _done = state.sockets_done.clone();
+    state.sockets.fetch_add(1, Ordering::Relaxed);
+    let (sink, mut source) = socket.split();
+    let limit = state.max_queued_bytes.max(1);
+    // The byte budget bounds the queue; the count is a backstop for tiny
+    // frames.
+    let (queue, frames_out) = mpsc::channel(1024);
+    let outbox = Outbox {
+        queue,
+        budget: Arc::new(Semaphore::new(limit)),
+        limit,
+        state: state.clone(),
+    };
+    let writer = tokio::spawn(write_frames(sink, frames_out, state.clone()));
+    let mut session = Session {
+        frames: Arc::new(Frames { protocol }),
+        outbox: outbox.clone(),
+        state: state.clone(),
+        subscriptions: HashMap::new(),
+        initialized: false,
+    };
+    let mut keepalive = tokio::time::interval(state.keepalive);
+    keepalive.reset();
+    let init_deadline = tokio::time::sleep(state.init_timeout);
+    tokio::pin!(init_deadline);
+    let mut shutdown = state.shutdown.clone();
+
+    let ending: Option<(u16, String)> = loop {
+        tokio::select! {
+            message = source.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text.to_string(),
+                    Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
+                        Ok(text) => text,
+                        Err(_) => break Some((close::INVALID_MESSAGE, "invalid message: not UTF-8".into())),
+                    },
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => break too_big(&error),
+                };
+                if let Some(ending) = session.handle(&text).await {
+                    break Some(ending);
+                }
+            }
+            _ = &mut init_deadline, if !session.initialized => {
+                break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            _ = keepalive.tick() => {
+                let ping = match session.frames.keepalive() {
+                    Some(ka) if session.initialized => Message::Text(ka.into()),
+                    _ => Message::Ping(Default::default()),
+                };
+                if outbox.send(ping).await.is_err() {
+                    break None;
+                }
+            }
+            _ = shutdown.changed() => break Some((close::GOING_AWAY, "server shutting down".into())),
+        }
+    };
+    for (_, task) in session.subscriptions.drain() {
+        task.abort();
+    }
+    if let Some((code, reason)) = ending {
+        outbox.close(code, &reason);
+    }
+    drop(session);
+    drop(outbox);
     let _ = writer.await;
     state.sockets.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// An oversized message closes with 1009; other read errors just end.
+fn too_big(error: &axum::Error) -> Option<(u16, String)> {
+    let text = error.to_string();
+    (text.contains("too long") || text.contains("too big") || text.contains("Space limit"))
+        .then(|| (close::TOO_BIG, "message too big".to_owned()))
+}
+
+/// The reader's state: what the client has set up on this connection.
+struct Session {
+    frames: Arc<Frames>,
+    outbox: Outbox,
+    state: AppState,
+    subscriptions: HashMap<String, JoinHandle<()>>,
+    initialized: bool,
+}
+
+impl Session {
+    /// Handles one client message; `Some` closes the connection.
+    async fn handle(&mut self, text: &str) -> Option<(u16, String)> {
+        let message = match ClientMessage::parse(text, self.frames.protocol) {
+            Ok(message) => message,
+            Err(error) => return Some((close::INVALID_MESSAGE, error.to_string())),
+        };
+        match message {
+            ClientMessage::Init(_) if self.initialized => {
+                return Some((
+                    close::TOO_MANY_INITS,
+                    "Too many initialisation requests".into(),
+                ));
+            }
+            ClientMessage::Init(_) => {
+                self.initialized = true;
+                let _ = self.outbox.text(self.frames.ack()).await;
+            }
+            ClientMessage::Ping(payload) => {
+                let _ = self.outbox.text(self.frames.pong(payload.as_ref())).await;
+            }
+            ClientMessage::Pong => {}
+            ClientMessage::Terminate => return Some((1000, "terminated".into())),
+            ClientMessage::Subscribe { .. } if !self.initialized => {
+                return Some((close::UNAUTHORIZED, "Unauthorized".into()));
+            }
+            ClientMessage::Subscribe { id, request } => {
+                if self
+                    .subscriptions
+                    .get(&id)
+                    .is_some_and(|task| !task.is_finished())
+                {
+                    let reason = format!(
+                        "Subscriber for {} already exists",
+                        id.chars().take(64).collect::<String>()
+                    );
+                    return Some((close::DUPLICATE_ID, reason));
+                }
+                let run = Subscription {
+                    quoted_id: quote(&id),
+                    frames: self.frames.clone(),
+                    outbox: self.outbox.clone(),
+                    state: self.state.clone(),
+                };
+                self.subscriptions
+                    .insert(id, tokio::spawn(run.run(*request)));
+            }
+            ClientMessage::Complete { id } => {
+                if let Some(task) = self.subscriptions.remove(&id) {
+                    task.abort();
+                }
+            }
+        }
+        None
+    }
+}
+
+/// One operation started by `subscribe`.
+struct Subscription {
+    quoted_id: String,
+    frames: Arc<Frames>,
+    outbox: Outbox,
+    state: AppState,
+}
+
+/// Counts a running subscription for as long as it lives (even aborted).
+struct Running(AppState);
+
+impl Running {
+    fn new(state: &AppState) -> Running {
+        state.subscriptions.fetch_add(1, Ordering::Relaxed);
+        Running(state.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Subscription {
+    async fn run(self, request: Request) {
+        let _running = Running::new(&self.state);
+        let result = match Shape::of(&request) {
+            Some(shape) => {
+                let member = self.state.fanout.join(shape.clone());
+                self.shared(member, shape).await
+            }
+            None => self.alone(request).await,
+        };
+        if let Ok(true) = result {
+            let _ = self
+                .outbox
+                .text(self.frames.complete(&self.quoted_id))
+                .await;
+        }
+    }
+
+    /// Its own execution. `Ok(true)` when a `complete` is due.
+    async fn alone(&self, request: Request) -> Result<bool, Closed> {
+        self.state.fanout.count_execution();
+        let mut stream = self.state.fanout.schema().execute_stream(request);
+        let mut first = true;
+        while let Some(response) = stream.next().await {
+            if first && response.data == GqlValue::Null && !response.errors.is_empty() {
+                let errors = serde_json::to_string(&response.errors).unwrap_or_default();
+                self.outbox
+                    .text(self.frames.error(&self.quoted_id, &errors))
+                    .await?;
+                return Ok(false);
+            }
+            first = false;
+            let payload = serde_json::to_string(&response).unwrap_or_default();
+            self.outbox
+                .text(self.frames.next(&self.quoted_id, &payload))
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// A member of a shared execution: splice the id into shared bytes.
+    async fn shared(&self, mut member: Member, shape: Shape) -> Result<bool, Closed> {
+        let mut last = member.start;
+        loop {
+            match member.recv().await {
+                Ok(item) => {
+                    if let Some(errors) = &item.failed_start {
+                        self.outbox
+                            .text(self.frames.error(&self.quoted_id, errors))
+                            .await?;
+                        return Ok(false);
+                    }
+                    if let Some(cursor) = item.cursor {
+                        last = cursor;
+                    }
+                    self.outbox
+                        .text(self.frames.next(&self.quoted_id, &item.payload))
+                        .await?;
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow for the group: go on alone from the log.
+                    drop(member);
+                    self.state.hub.count_catchup();
+                    let mut request = Request::new(shape.query)
+                        .variables(serde_json::from_str(&shape.variables).unwrap_or_default())
+                        .data(ResumeFrom(last));
+                    request.operation_name = shape.operation;
+                    return self.alone(request).await;
+                }
+                Err(RecvError::Closed) => return Ok(true),
+            }
+        }
+    }
 }
 
 async fn write_frames(
@@ -127,20 +361,35 @@ async fn write_frames(
 ) {
     let mut failed = false;
     while let Some(frame) = frames.recv().await {
-        if !failed && sink.send(frame.message).await.is_err() {
-            failed = true;
-            // Keep draining so queued bytes are accounted and senders end.
-            frames.close();
+        let mut batch = vec![frame];
+        // Write what is queued together, flushing once.
+        while batch.len() < 64 {
+            match frames.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
         }
-        state.queued_bytes.fetch_sub(frame.bytes, Ordering::Relaxed);
+        let bytes: usize = batch.iter().map(|f| f.bytes).sum();
+        if !failed {
+            let mut result = Ok(());
+            let mut permits = Vec::with_capacity(batch.len());
+            for frame in batch {
+                permits.push(frame._permit);
+                if result.is_ok() {
+                    result = sink.feed(frame.message).await;
+                }
+            }
+            if result.is_ok() {
+                result = sink.flush().await;
+            }
+            drop(permits);
+            if result.is_err() {
+                // The client is gone: keep draining so producers end.
+                failed = true;
+                frames.close();
+            }
+        }
+        state.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
     let _ = sink.close().await;
-}
-
-fn message_len(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.len(),
-        Message::Binary(bytes) => bytes.len(),
-        _ => 0,
-    }
 }

@@ -197,9 +197,17 @@ impl Drop for TestServer {
     }
 }
 
-/// Waits until the hub counts `n` subscriptions (the metric a user sees).
+/// Waits until `n` subscriptions run, each with a feed registered in the
+/// hub (all of different shapes, so none share an execution).
 pub async fn wait_for_subscribers(server: &TestServer, n: usize) {
-    wait_for_metric(server, "tidewire_hub_subscribers", |v| v == n as f64).await;
+    wait_for_shared_subscribers(server, n, n).await;
+}
+
+/// Waits until `clients` subscriptions run over `feeds` hub registrations
+/// (identical subscriptions share one execution and one feed).
+pub async fn wait_for_shared_subscribers(server: &TestServer, clients: usize, feeds: usize) {
+    wait_for_metric(server, "tidewire_subscriptions", |v| v == clients as f64).await;
+    wait_for_metric(server, "tidewire_hub_subscribers", |v| v == feeds as f64).await;
 }
 
 /// Waits until metric `name` satisfies `ok`; returns its value.
@@ -379,11 +387,12 @@ impl GqlClient {
                 self.pending.push_back(message);
             },
         };
-        assert!(
-            matches!(message["type"].as_str(), Some("next" | "data")),
-            "unexpected message for {id}: {message}"
-        );
-        message["payload"].clone()
+        match message["type"].as_str() {
+            Some("next" | "data") => message["payload"].clone(),
+            // graphql-transport-ws: the operation failed before any result.
+            Some("error") => json!({ "errors": message["payload"] }),
+            _ => panic!("unexpected message for {id}: {message}"),
+        }
     }
 
     /// The next data item of subscription `id` under `field`; fails on errors.
