@@ -1,0 +1,725 @@
+//! Load generator for Tidewire: real WebSocket clients spread over several
+//! loopback source addresses and processes, a paced writer, and a check of
+//! every delivery. Prints one JSON object per run.
+//!
+//! Scenarios:
+//! - `fanout`: N subscribers of one table, W writers committing R rows/s
+//!   for S seconds. Reports deliveries/s, commit→client latency, losses,
+//!   duplicates, order, and the server's memory per connection.
+//! - `churn`: connect + `connection_init` + `subscribe` as fast as possible.
+//! - `writes`: W writers committing as fast as possible, one subscriber
+//!   checking that nothing is lost.
+//!
+//! Targets only 127.0.0.0/8; every loop is bounded in count and time.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::{
+    client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig, Message,
+};
+
+const TABLE: &str = "loadgen_events";
+/// Histogram buckets of 100 µs up to 2 s; the last one holds the rest.
+const BUCKET_US: u64 = 100;
+const BUCKETS: usize = 20_000;
+
+#[derive(Parser)]
+#[command(about = "Tidewire load generator (loopback only)")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Subscribers × paced commits; every delivery checked.
+    Fanout(FanoutArgs),
+    /// Connection churn: connect + init + subscribe per second.
+    Churn(ChurnArgs),
+    /// Write throughput from concurrent writers, nothing lost.
+    Writes(WritesArgs),
+    /// (internal) one client process of `fanout` or `churn`.
+    Client(ClientArgs),
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Tidewire's address.
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    server: SocketAddrV4,
+    /// Postgres the server uses (to create the table and write).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Server process id, to read its memory (VmRSS) before and after.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Commits per second over all writers.
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// Client processes (each holds subscribers / processes sockets).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Loopback source addresses 127.0.0.2 … (spreads the port range).
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// Extra seconds to wait for the last deliveries.
+    #[arg(long, default_value_t = 30)]
+    drain: u64,
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 10000)]
+    connections: usize,
+    #[arg(long, default_value_t = 2)]
+    processes: usize,
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Connections each process opens at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+struct WritesArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    #[arg(long, default_value_t = 5000)]
+    commits_per_writer: u64,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    #[arg(long)]
+    server: SocketAddrV4,
+    #[arg(long)]
+    subscribers: usize,
+    /// First source address is 127.0.0.(2 + source_offset).
+    #[arg(long, default_value_t = 0)]
+    source_offset: u8,
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Rows each subscriber must receive (0 for churn).
+    #[arg(long, default_value_t = 0)]
+    expect: u64,
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Churn mode: measure connect + init + subscribe, then close.
+    #[arg(long)]
+    churn: bool,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// What one client process saw.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ClientReport {
+    subscribers: usize,
+    received: u64,
+    missing: u64,
+    duplicates_or_out_of_order: u64,
+    histogram: Vec<u64>,
+    last_delivery_unix_us: u64,
+    setup_seconds: f64,
+    failed_connections: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.scenario {
+        Scenario::Fanout(args) => runtime.block_on(fanout(args)),
+        Scenario::Churn(args) => runtime.block_on(churn(args)),
+        Scenario::Writes(args) => runtime.block_on(writes(args)),
+        Scenario::Client(args) => runtime.block_on(client_process(args)),
+    }
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let db = prepare_table(&args.target.database_url).await?;
+    let rss_idle = args.target.server_pid.and_then(rss_bytes);
+    let expect = args.rate * args.seconds;
+    let per_process = args.subscribers.div_ceil(args.processes);
+    let sources_each = (args.sources / args.processes as u8).max(1);
+    let mut children = Vec::new();
+    for i in 0..args.processes {
+        let n = per_process.min(args.subscribers - i * per_process);
+        children.push(spawn_client(&ClientArgs {
+            server: args.target.server,
+            subscribers: n,
+            source_offset: i as u8 * sources_each,
+            sources: sources_each,
+            expect,
+            writers: args.writers,
+            timeout: args.seconds + args.drain + 120,
+            churn: false,
+            concurrency: 64,
+        })?);
+    }
+    for child in &mut children {
+        child.wait_ready()?;
+    }
+    wait_for_subscriptions(args.target.server, args.subscribers).await?;
+    let rss_held = args.target.server_pid.and_then(rss_bytes);
+
+    let started = unix_us();
+    let write_started = Instant::now();
+    write_paced(
+        &args.target.database_url,
+        args.writers,
+        args.rate,
+        args.seconds,
+    )
+    .await?;
+    let write_seconds = write_started.elapsed().as_secs_f64();
+    let reports: Vec<ClientReport> = children
+        .into_iter()
+        .map(|c| c.finish())
+        .collect::<Result<_, _>>()?;
+    drop(db);
+
+    let merged = merge(&reports);
+    let deliveries = merged.received;
+    let span = (merged.last_delivery_unix_us.saturating_sub(started)) as f64 / 1e6;
+    let per_connection = match (rss_idle, rss_held) {
+        (Some(a), Some(b)) => json!((b.saturating_sub(a)) as f64 / args.subscribers as f64),
+        _ => json!(null),
+    };
+    let report = json!({
+        "scenario": "fanout",
+        "subscribers": args.subscribers,
+        "commits": expect,
+        "rate_target": args.rate,
+        "writers": args.writers,
+        "write_seconds": write_seconds,
+        "commit_rate_achieved": expect as f64 / write_seconds,
+        "deliveries": deliveries,
+        "deliveries_expected": expect * args.subscribers as u64,
+        "deliveries_per_second": deliveries as f64 / span.max(1e-9),
+        "missing": merged.missing,
+        "duplicates_or_out_of_order": merged.duplicates_or_out_of_order,
+        "failed_connections": merged.failed_connections,
+        "latency_ms": latency_summary(&merged.histogram),
+        "server_rss_idle_bytes": rss_idle,
+        "server_rss_held_bytes": rss_held,
+        "server_bytes_per_connection": per_connection,
+        "processes": args.processes,
+        "sources": args.sources,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
+    let _db = prepare_table(&args.target.database_url).await?;
+    let per_process = args.connections.div_ceil(args.processes);
+    let sources_each = (args.sources / args.processes as u8).max(1);
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..args.processes {
+        let n = per_process.min(args.connections - i * per_process);
+        children.push(spawn_client(&ClientArgs {
+            server: args.target.server,
+            subscribers: n,
+            source_offset: i as u8 * sources_each,
+            sources: sources_each,
+            expect: 0,
+            writers: 1,
+            timeout: 120,
+            churn: true,
+            concurrency: args.concurrency,
+        })?);
+    }
+    let reports: Vec<ClientReport> = children
+        .into_iter()
+        .map(|c| c.finish())
+        .collect::<Result<_, _>>()?;
+    let slowest = reports.iter().map(|r| r.setup_seconds).fold(0.0, f64::max);
+    let failed: u64 = reports.iter().map(|r| r.failed_connections).sum();
+    let report = json!({
+        "scenario": "churn",
+        "connections": args.connections,
+        "failed_connections": failed,
+        "seconds": slowest,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "connect_init_subscribe_per_second": (args.connections as u64 - failed) as f64 / slowest,
+        "processes": args.processes,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+async fn writes(args: WritesArgs) -> anyhow::Result<()> {
+    let _db = prepare_table(&args.target.database_url).await?;
+    let expect = args.commits_per_writer * args.writers as u64;
+    let mut checker = spawn_client(&ClientArgs {
+        server: args.target.server,
+        subscribers: 1,
+        source_offset: 0,
+        sources: 1,
+        expect,
+        writers: args.writers,
+        timeout: 300,
+        churn: false,
+        concurrency: 1,
+    })?;
+    checker.wait_ready()?;
+    wait_for_subscriptions(args.target.server, 1).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..args.writers {
+        let url = args.target.database_url.clone();
+        let n = args.commits_per_writer;
+        tasks.push(tokio::spawn(async move {
+            let client = tidewire::db::connect_once(&url).await?;
+            for seq in 1..=n as i64 {
+                client
+                    .execute(
+                        "INSERT INTO loadgen_events (writer, seq) VALUES ($1, $2)",
+                        &[&(writer as i32), &seq],
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let report = checker.finish()?;
+    println!(
+        "{}",
+        json!({
+            "scenario": "writes",
+            "writers": args.writers,
+            "commits": expect,
+            "seconds": seconds,
+            "commits_per_second": expect as f64 / seconds,
+            "delivered": report.received,
+            "missing": report.missing,
+            "duplicates_or_out_of_order": report.duplicates_or_out_of_order,
+            "latency_ms": latency_summary(&report.histogram),
+        })
+    );
+    Ok(())
+}
+
+/// Creates (or empties) the benchmark table and tracks it.
+async fn prepare_table(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let db = tidewire::db::connect_once(url)
+        .await
+        .context("connecting to the database")?;
+    db.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, writer int NOT NULL, seq bigint NOT NULL);
+         SELECT tidewire.track('{TABLE}');"
+    ))
+    .await?;
+    Ok(db)
+}
+
+/// `writers` connections together commit `rate` rows a second for
+/// `seconds`; each writer numbers its rows 1, 2, 3 … in commit order.
+async fn write_paced(url: &str, writers: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let total = rate * seconds;
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let url = url.to_owned();
+        let share = total / writers as u64 + u64::from((writer as u64) < total % writers as u64);
+        let per_second = rate as f64 / writers as f64;
+        tasks.push(tokio::spawn(async move {
+            let client = tidewire::db::connect_once(&url).await?;
+            // Durability is not under test; the pipeline is.
+            client.batch_execute("SET synchronous_commit = off").await?;
+            let start = Instant::now();
+            for seq in 1..=share as i64 {
+                let due = start + Duration::from_secs_f64((seq - 1) as f64 / per_second);
+                tokio::time::sleep_until(due.into()).await;
+                client
+                    .execute(
+                        "INSERT INTO loadgen_events (writer, seq) VALUES ($1, $2)",
+                        &[&(writer as i32), &seq],
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Polls the server's metrics until `n` subscriptions run.
+async fn wait_for_subscriptions(server: SocketAddrV4, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running =
+            tokio::task::spawn_blocking(move || metric(server, "tidewire_subscriptions")).await??;
+        if running >= n as f64 {
+            // Give the shared execution a moment to register in the hub.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {running} of {n} subscriptions registered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One metric from `GET /metrics` (a plain HTTP/1.0 request).
+fn metric(server: SocketAddrV4, name: &str) -> anyhow::Result<f64> {
+    let mut stream = std::net::TcpStream::connect(server)?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("metric {name} missing"))
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+struct Child {
+    process: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Child {
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        match self.lines.next() {
+            Some(Ok(line)) if line == "ready" => Ok(()),
+            other => bail!("client process failed to start: {other:?}"),
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<ClientReport> {
+        let line = self
+            .lines
+            .next()
+            .context("client process printed no report")??;
+        let _ = self.process.wait();
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+fn spawn_client(args: &ClientArgs) -> anyhow::Result<Child> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("client")
+        .arg("--server")
+        .arg(args.server.to_string())
+        .arg("--subscribers")
+        .arg(args.subscribers.to_string())
+        .arg("--source-offset")
+        .arg(args.source_offset.to_string())
+        .arg("--sources")
+        .arg(args.sources.to_string())
+        .arg("--expect")
+        .arg(args.expect.to_string())
+        .arg("--writers")
+        .arg(args.writers.to_string())
+        .arg("--timeout")
+        .arg(args.timeout.to_string())
+        .arg("--concurrency")
+        .arg(args.concurrency.to_string());
+    if args.churn {
+        command.arg("--churn");
+    }
+    let mut process = command.stdout(Stdio::piped()).spawn()?;
+    let stdout = process.stdout.take().context("no stdout")?;
+    Ok(Child {
+        process,
+        lines: BufReader::new(stdout).lines(),
+    })
+}
+
+/// A client process: opens its sockets, says `ready`, checks deliveries,
+/// prints its report.
+async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let failed = Arc::new(AtomicU64::new(0));
+    let setup_started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut sockets = Vec::with_capacity(args.subscribers);
+    let mut connecting = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + args.source_offset + (i % args.sources as usize) as u8,
+        );
+        let server = args.server;
+        let permit = semaphore.clone().acquire_owned().await?;
+        let failed = failed.clone();
+        connecting.push(tokio::spawn(async move {
+            let result = open(server, source).await;
+            drop(permit);
+            match result {
+                Ok(ws) => Some(ws),
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        }));
+    }
+    for task in connecting {
+        if let Some(ws) = task.await? {
+            sockets.push(ws);
+        }
+    }
+    let setup_seconds = setup_started.elapsed().as_secs_f64();
+    if args.churn {
+        let report = ClientReport {
+            subscribers: args.subscribers,
+            setup_seconds,
+            failed_connections: failed.load(Ordering::Relaxed),
+            ..ClientReport::default()
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let stats = Arc::new(Stats::default());
+    let mut readers = Vec::new();
+    for ws in sockets {
+        let (writers, expect, stats) = (args.writers, args.expect, stats.clone());
+        readers.push(tokio::spawn(read_deliveries(
+            ws, writers, expect, deadline, stats,
+        )));
+    }
+    for reader in readers {
+        reader.await?;
+    }
+    let report = ClientReport {
+        subscribers: args.subscribers,
+        received: stats.received.load(Ordering::Relaxed),
+        missing: stats.missing.load(Ordering::Relaxed),
+        duplicates_or_out_of_order: stats.disorder.load(Ordering::Relaxed),
+        histogram: stats
+            .histogram
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect(),
+        last_delivery_unix_us: stats.last_delivery.load(Ordering::Relaxed),
+        setup_seconds,
+        failed_connections: failed.load(Ordering::Relaxed),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connect from `source`, `connection_init`, wait for the ack, subscribe.
+async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    let stream = socket.connect(SocketAddr::V4(server)).await?;
+    let mut request = format!("ws://{server}/graphql").into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("connection_ack") => break,
+            Some(Ok(_)) => continue,
+            _ => bail!("no connection_ack"),
+        }
+    }
+    let subscribe = json!({
+        "id": "1",
+        "type": "subscribe",
+        "payload": {"query": format!("subscription {{ changes(table: \"{TABLE}\") {{ row committedAt }} }}")}
+    });
+    ws.send(Message::text(subscribe.to_string())).await?;
+    Ok(ws)
+}
+
+/// Counters shared by one process's sockets.
+struct Stats {
+    received: AtomicU64,
+    missing: AtomicU64,
+    disorder: AtomicU64,
+    last_delivery: AtomicU64,
+    histogram: Vec<AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            received: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
+            disorder: AtomicU64::new(0),
+            last_delivery: AtomicU64::new(0),
+            histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// Reads until `expect` rows arrived (or the deadline), checking that each
+/// writer's sequence numbers arrive exactly once and in order.
+async fn read_deliveries(
+    mut ws: Socket,
+    writers: usize,
+    expect: u64,
+    deadline: Instant,
+    stats: Arc<Stats>,
+) {
+    let mut next_seq = vec![1i64; writers];
+    let mut received = 0;
+    let mut missing = 0;
+    while received < expect {
+        let frame = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            _ => break,
+        };
+        let Message::Text(text) = frame else { continue };
+        let now = unix_us();
+        let (Some(writer), Some(seq), Some(committed)) = (
+            field_i64(&text, "\"writer\":"),
+            field_i64(&text, "\"seq\":"),
+            field_str(&text, "\"committedAt\":\""),
+        ) else {
+            continue;
+        };
+        received += 1;
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        stats.last_delivery.fetch_max(now, Ordering::Relaxed);
+        match next_seq.get_mut(writer as usize) {
+            Some(expected) if seq == *expected => *expected += 1,
+            Some(expected) if seq > *expected => {
+                missing += (seq - *expected) as u64;
+                *expected = seq + 1;
+            }
+            _ => {
+                stats.disorder.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(committed) {
+            let committed_us = at.timestamp_micros().max(0) as u64;
+            let bucket = (now.saturating_sub(committed_us) / BUCKET_US) as usize;
+            stats.histogram[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    missing += expect.saturating_sub(received + missing);
+    stats.missing.fetch_add(missing, Ordering::Relaxed);
+    let _ = ws.close(None).await;
+}
+
+fn field_i64(text: &str, key: &str) -> Option<i64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit() && c != '-')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn field_str<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &text[text.find(key)? + key.len()..];
+    Some(&rest[..rest.find('"')?])
+}
+
+fn merge(reports: &[ClientReport]) -> ClientReport {
+    let mut merged = ClientReport {
+        histogram: vec![0; BUCKETS],
+        ..ClientReport::default()
+    };
+    for r in reports {
+        merged.subscribers += r.subscribers;
+        merged.received += r.received;
+        merged.missing += r.missing;
+        merged.duplicates_or_out_of_order += r.duplicates_or_out_of_order;
+        merged.failed_connections += r.failed_connections;
+        merged.last_delivery_unix_us = merged.last_delivery_unix_us.max(r.last_delivery_unix_us);
+        for (a, b) in merged.histogram.iter_mut().zip(&r.histogram) {
+            *a += b;
+        }
+    }
+    merged
+}
+
+/// Percentiles from the histogram (upper edge of the bucket), in ms.
+fn latency_summary(histogram: &[u64]) -> serde_json::Value {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return json!(null);
+    }
+    let at = |q: f64| {
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in histogram.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return (i as u64 + 1) as f64 * BUCKET_US as f64 / 1000.0;
+            }
+        }
+        f64::INFINITY
+    };
+    json!({"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999), "max": at(1.0), "samples": total})
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
