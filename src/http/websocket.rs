@@ -37,7 +37,7 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
         .max_frame_size(state.max_message_bytes)
         // Small buffers: memory per idle connection is what limits how many
         // one process holds.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(8 * 1024);
     // Clients that name no subprotocol get the current one.
     let protocol = upgrade
@@ -45,7 +45,7 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
         .and_then(|p| p.to_str().ok())
         .and_then(Protocol::from_name)
         .unwrap_or(Protocol::TransportWs);
-    upgrade.on_upgrade(move |socket| serve(socket, protocol, state))
+    upgrade.on_upgrade(move |socket| serve(socket, protocol, Arc::new(state)))
 }
 
 /// A frame on its way out, holding its share of the connection's budget.
@@ -58,10 +58,12 @@ struct Outgoing {
 /// The sending side of a connection's bounded outgoing queue.
 #[derive(Clone)]
 struct Outbox {
-    queue: mpsc::Sender<Outgoing>,
+    /// Boxed frames: the channel allocates its slots up front, and a slot
+    /// per pointer keeps an idle connection small.
+    queue: mpsc::Sender<Box<Outgoing>>,
     budget: Arc<Semaphore>,
     limit: usize,
-    state: AppState,
+    state: Arc<AppState>,
 }
 
 /// The connection is closing; stop producing.
@@ -84,11 +86,11 @@ impl Outbox {
             .await
             .map_err(|_| Closed)?;
         self.state.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let frame = Outgoing {
+        let frame = Box::new(Outgoing {
             message,
             _permit: Some(permit),
             bytes,
-        };
+        });
         self.queue.send(frame).await.map_err(|_| Closed)
     }
 
@@ -102,15 +104,15 @@ impl Outbox {
             code,
             reason: reason.into(),
         };
-        let _ = self.queue.try_send(Outgoing {
+        let _ = self.queue.try_send(Box::new(Outgoing {
             message: Message::Close(Some(frame)),
             _permit: None,
             bytes: 0,
-        });
+        }));
     }
 }
 
-async fn serve(socket: WebSocket, protocol: Protocol, state: AppState) {
+async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
@@ -151,7 +153,7 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: AppState) {
                     Some(Ok(_)) => continue,
                     Some(Err(error)) => break too_big(&error),
                 };
-                if let Some(ending) = session.handle(&text).await {
+                if let Some(ending) = Box::pin(session.handle(&text)).await {
                     break Some(ending);
                 }
             }
@@ -193,7 +195,7 @@ fn too_big(error: &axum::Error) -> Option<(u16, String)> {
 struct Session {
     frames: Arc<Frames>,
     outbox: Outbox,
-    state: AppState,
+    state: Arc<AppState>,
     subscriptions: HashMap<String, JoinHandle<()>>,
     initialized: bool,
 }
@@ -260,14 +262,14 @@ struct Subscription {
     quoted_id: String,
     frames: Arc<Frames>,
     outbox: Outbox,
-    state: AppState,
+    state: Arc<AppState>,
 }
 
 /// Counts a running subscription for as long as it lives (even aborted).
-struct Running(AppState);
+struct Running(Arc<AppState>);
 
 impl Running {
-    fn new(state: &AppState) -> Running {
+    fn new(state: &Arc<AppState>) -> Running {
         state.subscriptions.fetch_add(1, Ordering::Relaxed);
         Running(state.clone())
     }
@@ -279,6 +281,9 @@ impl Drop for Running {
     }
 }
 
+// Rare paths (running alone, handling a client message) are boxed so the
+// futures held by every idle connection stay small: memory per connection
+// is what decides how many one process holds.
 impl Subscription {
     async fn run(self, request: Request) {
         let _running = Running::new(&self.state);
@@ -287,7 +292,7 @@ impl Subscription {
                 let member = self.state.fanout.join(shape.clone());
                 self.shared(member, shape).await
             }
-            None => self.alone(request).await,
+            None => Box::pin(self.alone(request)).await,
         };
         if let Ok(true) = result {
             let _ = self
@@ -346,7 +351,7 @@ impl Subscription {
                         .variables(serde_json::from_str(&shape.variables).unwrap_or_default())
                         .data(ResumeFrom(last));
                     request.operation_name = shape.operation;
-                    return self.alone(request).await;
+                    return Box::pin(self.alone(request)).await;
                 }
                 Err(RecvError::Closed) => return Ok(true),
             }
@@ -356,8 +361,8 @@ impl Subscription {
 
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
-    mut frames: mpsc::Receiver<Outgoing>,
-    state: AppState,
+    mut frames: mpsc::Receiver<Box<Outgoing>>,
+    state: Arc<AppState>,
 ) {
     let mut failed = false;
     while let Some(frame) = frames.recv().await {
