@@ -31,6 +31,8 @@ pub const SUPERUSER: &str = "postgres";
 /// Database the service uses inside the embedded cluster.
 pub const DATABASE: &str = "tidewire";
 const PASSWORD_FILE: &str = "tidewire.password";
+/// Pid of the Tidewire process that last started the cluster.
+const OWNER_FILE: &str = "tidewire.owner";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -124,6 +126,15 @@ impl EmbeddedPostgres {
     /// Starts the server process on this cluster's port (again, after
     /// [`EmbeddedPostgres::stop_server`]). Blocking.
     pub fn start_server(&self) -> Result<(), EmbeddedError> {
+        // Marks the cluster as ours for the guardian.
+        fs::write(
+            self.data_dir.join(OWNER_FILE),
+            std::process::id().to_string(),
+        )
+        .map_err(|source| EmbeddedError::Io {
+            dir: self.data_dir.clone(),
+            source,
+        })?;
         let log = self.data_dir.join("postgres.log");
         self.run(
             "pg_ctl start",
@@ -196,13 +207,16 @@ impl EmbeddedPostgres {
     }
 
     fn spawn_guardian(&self, remove_data: bool) -> std::io::Result<Child> {
-        let script = r#"cat >/dev/null; "$1" stop -D "$0" -m fast -w >/dev/null 2>&1; if [ "$2" = remove ]; then rm -rf "$0"; fi"#;
+        // Stops the cluster only if this process was the last to start it:
+        // a later Tidewire may have started it again since.
+        let script = r#"cat >/dev/null; [ "$(cat "$0/tidewire.owner" 2>/dev/null)" = "$3" ] || exit 0; "$1" stop -D "$0" -m fast -w >/dev/null 2>&1; if [ "$2" = remove ]; then rm -rf "$0"; fi"#;
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(script)
             .arg(&self.data_dir)
             .arg(self.bin_dir.join("pg_ctl"))
             .arg(if remove_data { "remove" } else { "keep" })
+            .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

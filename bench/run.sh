@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario against a fresh release server on loopback
+# and appends one JSON line per run to bench/results.jsonl.
+#   bench/run.sh            all scenarios (about 5 minutes)
+#   bench/run.sh curves     only the subscriber curve
+# Needs: cargo build --release; PostgreSQL binaries (initdb, pg_ctl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${TIDEWIRE_BENCH_DIR:-/tmp/tidewire-bench}
+OUT=bench/results.jsonl
+LOADGEN=target/release/loadgen
+mkdir -p "$DATA"
+
+start_server() {
+  stop_server
+  ./target/release/tidewire --data-dir "$DATA/pg" --listen 127.0.0.1:4000 --log warn >"$DATA/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 100); do curl -sf localhost:4000/readyz >/dev/null && break; sleep 0.2; done
+  export DATABASE_URL="postgres://postgres:$(cat "$DATA/pg/tidewire.password")@127.0.0.1:$(sed -n 4p "$DATA/pg/postmaster.pid")/tidewire"
+}
+stop_server() {
+  if [ -n "${SERVER:-}" ]; then kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=; fi
+}
+trap stop_server EXIT
+
+run() { # label, loadgen args…
+  local label=$1; shift
+  start_server
+  echo "== $label: loadgen $*" >&2
+  "$LOADGEN" "$@" --server-pid "$SERVER" | sed "s/^{/{\"label\":\"$label\",/" | tee -a "$OUT"
+}
+
+what=${1:-all}
+if [ "$what" = all ] || [ "$what" = curves ]; then
+  for n in 1000 5000 10000 19000; do
+    run "curve-$n" fanout --subscribers "$n" --rate 20 --seconds 15 --processes 2 --sources 8
+  done
+fi
+if [ "$what" = all ]; then
+  run latency-1000x1000 fanout --subscribers 1000 --rate 1000 --seconds 10 --writers 2 --processes 2 --sources 8
+  run latency-100x1000 fanout --subscribers 100 --rate 1000 --seconds 10 --writers 2 --processes 1 --sources 2
+  run latency-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8
+  run hold-19000 fanout --subscribers 19000 --rate 1 --seconds 3 --processes 2 --sources 8
+  start_server
+  echo "== writes" >&2
+  "$LOADGEN" writes --writers 8 --commits-per-writer 5000 | sed 's/^{/{"label":"writes-8",/' | tee -a "$OUT"
+  start_server
+  echo "== churn" >&2
+  "$LOADGEN" churn --connections 10000 --processes 2 --sources 8 --concurrency 128 | sed 's/^{/{"label":"churn-10000",/' | tee -a "$OUT"
+fi
