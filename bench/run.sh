@@ -13,13 +13,21 @@ mkdir -p "$DATA"
 
 start_server() {
   stop_server
-  ./target/release/tidewire --data-dir "$DATA/pg" --listen 127.0.0.1:4000 --log warn >"$DATA/server.log" 2>&1 &
+  env -u DATABASE_URL ./target/release/tidewire --data-dir "$DATA/pg" --listen 127.0.0.1:4000 --log warn >"$DATA/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do curl -sf localhost:4000/readyz >/dev/null && break; sleep 0.2; done
   export DATABASE_URL="postgres://postgres:$(cat "$DATA/pg/tidewire.password")@127.0.0.1:$(sed -n 4p "$DATA/pg/postmaster.pid")/tidewire"
 }
 stop_server() {
-  if [ -n "${SERVER:-}" ]; then kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=; fi
+  if [ -n "${SERVER:-}" ]; then
+    kill -TERM "$SERVER" 2>/dev/null || true
+    # Until the process and its embedded Postgres are gone.
+    for _ in $(seq 300); do
+      kill -0 "$SERVER" 2>/dev/null || [ -e "$DATA/pg/postmaster.pid" ] || break
+      sleep 0.1
+    done
+    SERVER=
+  fi
 }
 trap stop_server EXIT
 

@@ -1,6 +1,8 @@
 //! Command line → configuration → `server`. Everything else is in the
 //! library.
 
+use std::future::Future;
+
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use tidewire::{
@@ -31,6 +33,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Installed before anything starts, so a SIGTERM during start-up still
+    // shuts down in order (and stops the embedded Postgres).
+    let shutdown = shutdown_signal()?;
     let embedded = match config.database_url {
         Some(_) => None,
         None => {
@@ -49,14 +54,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             Some(pg)
         }
     };
-    let result = run(config).await;
+    let result = run(config, shutdown).await;
     if let Some(pg) = embedded {
         tokio::task::spawn_blocking(move || pg.stop()).await??;
     }
     result
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -64,18 +69,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!("GraphiQL: http://{addr}/graphql");
     println!("Tidewire is up. GraphiQL: http://{addr}/graphql");
-    app.serve(listener, shutdown_signal()).await?;
+    app.serve(listener, shutdown).await?;
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Resolves on Ctrl-C or SIGTERM; the handlers are installed at once.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Replaces this process with psql connected to the running embedded

@@ -111,10 +111,16 @@ impl EmbeddedPostgres {
             _guardian: None,
         };
         if let Some(port) = pg.running_port() {
-            tracing::info!(port, dir = %data_dir.display(), "embedded Postgres already running, joining it");
-            pg.port = port;
-            pg.owned = false;
-            return Ok(pg);
+            if owner_alive(&data_dir) {
+                tracing::info!(port, dir = %data_dir.display(), "embedded Postgres already running, joining it");
+                pg.port = port;
+                pg.owned = false;
+                return Ok(pg);
+            }
+            // Left behind by a Tidewire that is gone (or still shutting
+            // down): stop it and start our own.
+            tracing::info!(dir = %data_dir.display(), "stopping an embedded Postgres whose Tidewire is gone");
+            pg.stop_server()?;
         }
         pg.port = free_port().map_err(io)?;
         pg._guardian = Some(pg.spawn_guardian(options.ephemeral).map_err(io)?);
@@ -351,6 +357,14 @@ pub fn running_url(data_dir: &Path) -> Option<String> {
         "postgres://{SUPERUSER}:{}@127.0.0.1:{port}/{DATABASE}",
         password.trim()
     ))
+}
+
+/// Whether the Tidewire process that last started the cluster still runs.
+fn owner_alive(data_dir: &Path) -> bool {
+    fs::read_to_string(data_dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The fourth line of `postmaster.pid` is the port.
