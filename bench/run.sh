@@ -53,6 +53,9 @@ if [ "$what" = all ]; then
   echo "== writes" >&2
   "$LOADGEN" writes --writers 8 --commits-per-writer 5000 | sed 's/^{/{"label":"writes-8",/' | tee -a "$OUT"
   start_server
+  echo "== writes, durable" >&2
+  "$LOADGEN" writes --writers 8 --commits-per-writer 2000 --durable | sed 's/^{/{"label":"writes-8-durable",/' | tee -a "$OUT"
+  start_server
   echo "== churn" >&2
   "$LOADGEN" churn --connections 10000 --processes 2 --sources 8 --concurrency 128 | sed 's/^{/{"label":"churn-10000",/' | tee -a "$OUT"
 fi

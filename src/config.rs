@@ -121,7 +121,7 @@ pub struct Config {
 
     /// Results buffered per shared subscription execution before a slow
     /// member leaves it and continues alone from the log.
-    #[arg(long, env = "TIDEWIRE_GROUP_BUFFER", default_value_t = 256)]
+    #[arg(long, env = "TIDEWIRE_GROUP_BUFFER", default_value_t = 4096)]
     pub group_buffer: usize,
 
     /// Interval of WebSocket keep-alive pings to clients.

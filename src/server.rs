@@ -17,8 +17,8 @@ use tokio::{
 use crate::{
     config::Config,
     db::{
-        connect_once, connect_pool, migrate, ChangeLog, DbError, Listener, ListenerStatus,
-        PageLimit, Pruner, Watchdog,
+        connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
+        ListenerStatus, PageLimit, Pruner, Watchdog,
     },
     fanout::Fanout,
     graphql::{build_schema, Limits},
@@ -61,7 +61,7 @@ impl App {
         wait_for_database(&url, config.connect_timeout).await?;
         migrate(&url).await?;
         let pool = connect_pool(&url, config.pool_size, "tidewire")?;
-        let log = ChangeLog::new(pool.clone());
+        let log = ChangeLog::new(connect_log_pool(&url, config.pool_size)?);
         let hub = Hub::new(config.topic_buffer, log.head().await?);
         Ok(App {
             config,

@@ -169,6 +169,12 @@ async fn resuming_after_fifty_random_drops_loses_and_repeats_nothing() {
     server
         .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
         .await;
+    // The first subscription is live before the first write.
+    let mut client = server.ws().await;
+    client
+        .subscribe("e", CHANGES, json!({"table": "events"}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
     let db = server.db().await;
     let writer = tokio::spawn(async move {
         for id in 1..=ROWS {
@@ -185,15 +191,7 @@ async fn resuming_after_fifty_random_drops_loses_and_repeats_nothing() {
     let mut received = Vec::new();
     let mut cursor: Option<String> = None;
     let mut drops = 0;
-    while received.len() < ROWS as usize {
-        let mut client = server.ws().await;
-        client
-            .subscribe("e", CHANGES, json!({"table": "events", "after": cursor}))
-            .await;
-        if cursor.is_none() {
-            // Nothing to resume from yet: start before the first write.
-            wait_for_subscribers(&server, 1).await;
-        }
+    loop {
         let remaining = ROWS as usize - received.len();
         // Until the first item there is no cursor to resume from, so the
         // first connection reads at least one.
@@ -206,9 +204,16 @@ async fn resuming_after_fifty_random_drops_loses_and_repeats_nothing() {
         let (ids, last) = read_ids(&mut client, "e", take).await;
         received.extend(ids);
         cursor = last.or(cursor);
-        drops += 1;
         // Dropped mid-stream: items in flight are simply lost on the wire.
         drop(client);
+        drops += 1;
+        if received.len() == ROWS as usize {
+            break;
+        }
+        client = server.ws().await;
+        client
+            .subscribe("e", CHANGES, json!({"table": "events", "after": cursor}))
+            .await;
     }
     writer.await.unwrap();
     assert!(drops >= 50, "only {drops} reconnects");

@@ -117,6 +117,10 @@ struct WritesArgs {
     writers: usize,
     #[arg(long, default_value_t = 5000)]
     commits_per_writer: u64,
+    /// Wait for each commit's WAL flush (synchronous_commit = on); by
+    /// default off, so the pipeline is measured rather than the disk.
+    #[arg(long)]
+    durable: bool,
 }
 
 #[derive(Args, Clone)]
@@ -303,8 +307,12 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
     for writer in 0..args.writers {
         let url = args.target.database_url.clone();
         let n = args.commits_per_writer;
+        let durable = args.durable;
         tasks.push(tokio::spawn(async move {
             let client = tidewire::db::connect_once(&url).await?;
+            if !durable {
+                client.batch_execute("SET synchronous_commit = off").await?;
+            }
             for seq in 1..=n as i64 {
                 client
                     .execute(
@@ -329,6 +337,7 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
             "commits": expect,
             "seconds": seconds,
             "commits_per_second": expect as f64 / seconds,
+            "synchronous_commit": if args.durable { "on" } else { "off" },
             "delivered": report.received,
             "missing": report.missing,
             "duplicates_or_out_of_order": report.duplicates_or_out_of_order,

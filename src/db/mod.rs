@@ -14,7 +14,7 @@ pub use change_log::{Change, ChangeLog, Op, Page, PageLimit, TrackedTable};
 pub use cursor::{BadCursor, Cursor};
 pub use listener::{Listener, ListenerStatus};
 pub use migrate::migrate;
-pub use pool::{connect_once, connect_pool, ensure_database};
+pub use pool::{connect_log_pool, connect_once, connect_pool, ensure_database};
 pub use retention::Pruner;
 pub use watchdog::{StuckDetector, Watchdog};
 

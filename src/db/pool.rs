@@ -13,6 +13,25 @@ use super::DbError;
 pub fn connect_pool(url: &str, size: usize, app_name: &str) -> Result<Pool, DbError> {
     let mut config = parse(url)?;
     config.application_name(app_name);
+    build(config, size)
+}
+
+/// A pool for change-log reads. Every read is a short range scan after a
+/// cursor; on a log that grew fast the planner's statistics lag and it may
+/// pick sequential scans and hash joins whose cost grows with the log. These
+/// sessions steer it to the position and xid indexes, plan each read for its
+/// actual cursor (a generic plan cannot see how short the range is), and
+/// keep JIT, which the penalized costs would trigger, out of tiny queries.
+pub fn connect_log_pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    let mut config = parse(url)?;
+    config.application_name("tidewire-log").options(
+        "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off \
+             -c jit=off -c plan_cache_mode=force_custom_plan",
+    );
+    build(config, size)
+}
+
+fn build(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
     let manager = Manager::from_config(
         config,
         NoTls,
