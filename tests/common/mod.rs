@@ -317,6 +317,11 @@ impl GqlClient {
         }
     }
 
+    /// Sends raw text, valid JSON or not.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
     pub async fn send(&mut self, message: Value) {
         self.ws
             .send(Message::text(message.to_string()))

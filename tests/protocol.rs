@@ -1,0 +1,161 @@
+//! The WebSocket protocol layer against bad input: each mistake gets its
+//! close code or error, and nothing already accepted is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for_shared_subscribers, wait_for_subscribers, GqlClient, TestServer, CHANGES};
+use serde_json::json;
+
+async fn server_with_items() -> TestServer {
+    let server = TestServer::start_with(|config| {
+        config.init_timeout = Duration::from_millis(300);
+        config.max_message_bytes = 1024;
+    })
+    .await;
+    server
+        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items');")
+        .await;
+    server
+}
+
+async fn raw_text(client: &mut GqlClient, text: &str) {
+    client.send_text(text).await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_messages_close_with_4400() {
+    let server = server_with_items().await;
+    for bad in [
+        "{not json",
+        r#"{"type":"launch_missiles"}"#,
+        r#"{"type":"subscribe","payload":{"query":"subscription { x }"}}"#,
+        r#"{"type":"subscribe","id":"1","payload":{"q":1}}"#,
+    ] {
+        let mut client = server.ws().await;
+        raw_text(&mut client, bad).await;
+        let (code, reason) = client.closed().await;
+        assert_eq!(code, 4400, "{bad}: {reason}");
+        assert!(reason.starts_with("invalid message"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_before_init_closes_with_4401_and_silence_with_4408() {
+    let server = server_with_items().await;
+    let mut early = GqlClient::open(server.addr, "graphql-transport-ws").await;
+    early
+        .subscribe("1", CHANGES, json!({"table": "items"}))
+        .await;
+    assert_eq!(early.closed().await.0, 4401);
+
+    let mut silent = GqlClient::open(server.addr, "graphql-transport-ws").await;
+    let (code, reason) = silent.closed().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4408, "Connection initialisation timeout")
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_id_closes_with_4409_and_a_second_init_with_4429() {
+    let server = server_with_items().await;
+    let mut client = server.ws().await;
+    client
+        .subscribe("same", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    client
+        .subscribe("same", CHANGES, json!({"table": "items"}))
+        .await;
+    let (code, reason) = client.closed().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4409, "Subscriber for same already exists")
+    );
+    wait_for_subscribers(&server, 0).await;
+
+    let mut client = server.ws().await;
+    client.send(json!({"type": "connection_init"})).await;
+    assert_eq!(client.closed().await.0, 4429);
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let server = server_with_items().await;
+    let mut client = server.ws().await;
+    let huge = format!(
+        r#"{{"type":"ping","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    raw_text(&mut client, &huge).await;
+    assert_eq!(client.closed().await.0, 1009);
+}
+
+#[tokio::test]
+async fn bad_graphql_gets_an_error_and_the_other_subscription_goes_on() {
+    let server = server_with_items().await;
+    let mut client = server.ws().await;
+    client
+        .subscribe("good", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
+
+    client
+        .subscribe("syntax", "subscription { changes(table: ", json!({}))
+        .await;
+    let payload = client.next_payload("syntax").await;
+    assert!(
+        payload["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected"),
+        "{payload}"
+    );
+    client
+        .subscribe("field", "subscription { nope }", json!({}))
+        .await;
+    let payload = client.next_payload("field").await;
+    assert!(
+        payload["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"),
+        "{payload}"
+    );
+    client.subscribe("var", CHANGES, json!({"table": 42})).await;
+    let payload = client.next_payload("var").await;
+    assert!(payload["errors"].is_array(), "{payload}");
+
+    client
+        .send(json!({"type": "ping", "payload": {"n": 1}}))
+        .await;
+    let pong = client.next_message().await;
+    assert_eq!(pong, json!({"type": "pong", "payload": {"n": 1}}));
+
+    server.sql("INSERT INTO items VALUES (1)").await;
+    assert_eq!(client.next_item("good", "changes").await["row"]["id"], 1);
+}
+
+#[tokio::test]
+async fn identical_subscriptions_on_one_socket_each_get_their_own_frames() {
+    let server = server_with_items().await;
+    let mut client = server.ws().await;
+    client
+        .subscribe("a", CHANGES, json!({"table": "items"}))
+        .await;
+    client
+        .subscribe("b", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_shared_subscribers(&server, 2, 1).await;
+    assert_eq!(server.metric("tidewire_shared_executions").await, 1.0);
+    server.sql("INSERT INTO items VALUES (7)").await;
+    assert_eq!(client.next_item("a", "changes").await["row"]["id"], 7);
+    assert_eq!(client.next_item("b", "changes").await["row"]["id"], 7);
+    client.complete("a").await;
+    wait_for_shared_subscribers(&server, 1, 1).await;
+    server.sql("INSERT INTO items VALUES (8)").await;
+    assert_eq!(client.next_item("b", "changes").await["row"]["id"], 8);
+    client.assert_quiet(Duration::from_millis(200)).await;
+}
