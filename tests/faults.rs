@@ -6,8 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster, fresh_database, wait_for_subscribers, TestServer, CHANGES, WAIT};
-use serde_json::json;
+use common::{cluster, fresh_database, TestServer, WAIT};
 use tidewire::{config::Config, server::App};
 use tokio::sync::Mutex;
 
@@ -33,14 +32,8 @@ async fn a_postgres_restart_under_write_load_loses_nothing() {
         config.listener_backoff_max = Duration::from_millis(500);
     })
     .await;
-    server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
-        .await;
-    let mut client = server.ws().await;
-    client
-        .subscribe("e", CHANGES, json!({"table": "events"}))
-        .await;
-    wait_for_subscribers(&server, 1).await;
+    server.track_events().await;
+    let mut client = server.subscribe_events().await;
 
     // A writer that keeps going: reconnects and retries through the outage.
     let url = server.database_url.clone();

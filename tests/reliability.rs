@@ -166,26 +166,10 @@ async fn concurrent_writers_arrive_exactly_once_in_commit_order() {
 async fn resuming_after_fifty_random_drops_loses_and_repeats_nothing() {
     const ROWS: i64 = 400;
     let server = TestServer::start().await;
-    server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
-        .await;
+    server.track_events().await;
     // The first subscription is live before the first write.
-    let mut client = server.ws().await;
-    client
-        .subscribe("e", CHANGES, json!({"table": "events"}))
-        .await;
-    wait_for_subscribers(&server, 1).await;
-    let db = server.db().await;
-    let writer = tokio::spawn(async move {
-        for id in 1..=ROWS {
-            db.execute("INSERT INTO events VALUES ($1)", &[&id])
-                .await
-                .unwrap();
-            if id % 4 == 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    });
+    let mut client = server.subscribe_events().await;
+    let writer = server.write_events(ROWS, 4, Duration::from_millis(2)).await;
 
     let mut rng = Rng::seeded();
     let mut received = Vec::new();
@@ -228,9 +212,7 @@ async fn a_cursor_older_than_retention_gets_cursor_expired() {
         config.retention_commits = 5;
     })
     .await;
-    server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
-        .await;
+    server.track_events().await;
     let mut client = server.ws().await;
     client
         .subscribe("e", CHANGES, json!({"table": "events"}))
@@ -380,9 +362,7 @@ async fn notification_queue_usage_is_exported() {
         config.watchdog_interval = Duration::from_millis(100);
     })
     .await;
-    server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
-        .await;
+    server.track_events().await;
     // A session that listens and then sits in a transaction holds the queue
     // back, as a stuck listener would.
     let stuck = server.db().await;
@@ -439,24 +419,12 @@ async fn completed_and_dropped_subscriptions_release_everything() {
 async fn cursors_survive_a_graceful_restart_under_write_load() {
     const ROWS: i64 = 600;
     let server = TestServer::start().await;
-    server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
-        .await;
+    server.track_events().await;
     let database_url = server.database_url.clone();
-    let mut client = server.ws().await;
-    client
-        .subscribe("e", CHANGES, json!({"table": "events"}))
+    let mut client = server.subscribe_events().await;
+    let writer = server
+        .write_events(ROWS, 1, Duration::from_micros(500))
         .await;
-    wait_for_subscribers(&server, 1).await;
-    let db = server.db().await;
-    let writer = tokio::spawn(async move {
-        for id in 1..=ROWS {
-            db.execute("INSERT INTO events VALUES ($1)", &[&id])
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-    });
     // Read some, then shut the server down in the middle of the stream.
     let (mut received, mut cursor) = read_ids(&mut client, "e", 100).await;
     server.shutdown().await;

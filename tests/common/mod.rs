@@ -137,6 +137,39 @@ impl TestServer {
             .expect("connecting to the test database")
     }
 
+    /// Creates the table most reliability tests use, `events (id bigint
+    /// PRIMARY KEY)`, and tracks it.
+    pub async fn track_events(&self) {
+        self.sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
+            .await;
+    }
+
+    /// A client with subscription `e` on `events`, registered in the hub.
+    pub async fn subscribe_events(&self) -> GqlClient {
+        let mut client = self.ws().await;
+        client
+            .subscribe("e", CHANGES, json!({"table": "events"}))
+            .await;
+        wait_for_subscribers(self, 1).await;
+        client
+    }
+
+    /// Inserts ids 1..=rows into `events`, one commit each, pausing `pause`
+    /// after every `every` rows.
+    pub async fn write_events(&self, rows: i64, every: i64, pause: Duration) -> JoinHandle<()> {
+        let db = self.db().await;
+        tokio::spawn(async move {
+            for id in 1..=rows {
+                db.execute("INSERT INTO events VALUES ($1)", &[&id])
+                    .await
+                    .unwrap();
+                if id % every == 0 {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        })
+    }
+
     pub async fn sql(&self, statements: &str) {
         self.db()
             .await
