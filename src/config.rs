@@ -101,6 +101,35 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_STUCK_AFTER", default_value = "15s", value_parser = parse_duration)]
     pub stuck_after: Duration,
 
+    /// Deepest selection nesting a query may have.
+    #[arg(long, env = "TIDEWIRE_MAX_DEPTH", default_value_t = 16)]
+    pub max_depth: usize,
+
+    /// Highest complexity (number of fields selected, aliases included) a
+    /// query may have.
+    #[arg(long, env = "TIDEWIRE_MAX_COMPLEXITY", default_value_t = 500)]
+    pub max_complexity: usize,
+
+    /// Subscriptions one WebSocket may run at once.
+    #[arg(long, env = "TIDEWIRE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// WebSockets one client address may hold open at once.
+    #[arg(
+        long,
+        env = "TIDEWIRE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 5000
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Web origins allowed to open WebSockets (comma-separated, e.g.
+    /// `https://app.example.com`), besides the server's own origin. Browsers
+    /// always send `Origin`; a WebSocket from any other site is refused
+    /// (cross-site WebSocket hijacking). Clients that send no `Origin`
+    /// (servers, CLI tools) are not affected.
+    #[arg(long, env = "TIDEWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Largest WebSocket message accepted from a client, in bytes.
     #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,

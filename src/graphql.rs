@@ -24,11 +24,17 @@ pub type TidewireSchema = Schema<Query, EmptyMutation, Subscription>;
 pub struct Limits {
     /// Size of one subscriber's change-log reads.
     pub page: PageLimit,
+    /// Deepest selection nesting a query may have.
+    pub max_depth: usize,
+    /// Most fields a query may select.
+    pub max_complexity: usize,
 }
 
 /// The schema with its context data, ready to execute.
 pub fn build_schema(log: ChangeLog, hub: Arc<Hub>, limits: Limits) -> TidewireSchema {
     Schema::build(Query::default(), EmptyMutation, Subscription::default())
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
         .data(log)
         .data(hub)
         .data(limits)

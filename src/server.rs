@@ -22,7 +22,7 @@ use crate::{
     },
     fanout::Fanout,
     graphql::{build_schema, Limits},
-    http::{router, AppState},
+    http::{router, Admission, AppState},
     hub::Hub,
 };
 
@@ -121,6 +121,8 @@ impl App {
                     rows: self.config.log_page,
                     bytes: self.config.page_bytes,
                 },
+                max_depth: self.config.max_depth,
+                max_complexity: self.config.max_complexity,
             },
         );
         let fanout = Fanout::new(schema.clone(), self.hub.clone(), self.config.group_buffer);
@@ -139,16 +141,24 @@ impl App {
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             keepalive: self.config.keepalive,
             init_timeout: self.config.init_timeout,
+            max_subscriptions: self.config.max_subscriptions,
+            admission: Arc::new(Admission::new(
+                self.config.max_connections_per_address,
+                self.config.allowed_origins.clone(),
+            )),
             fanout,
         };
         let app = router(state);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await;
         // Every socket task holds a sender clone: wait for them to close.
         if tokio::time::timeout(SOCKET_GRACE, done_rx.recv())
             .await

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for_shared_subscribers, wait_for_subscribers, GqlClient, TestServer, CHANGES};
+use common::{
+    wait_for_metric, wait_for_shared_subscribers, wait_for_subscribers, GqlClient, TestServer,
+    CHANGES,
+};
 use serde_json::json;
 
 async fn server_with_items() -> TestServer {
@@ -158,4 +161,105 @@ async fn identical_subscriptions_on_one_socket_each_get_their_own_frames() {
     server.sql("INSERT INTO items VALUES (8)").await;
     assert_eq!(client.next_item("b", "changes").await["row"]["id"], 8);
     client.assert_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn queries_past_the_depth_and_complexity_limits_are_refused() {
+    let server = TestServer::start_with(|config| {
+        config.max_depth = 5;
+        config.max_complexity = 50;
+    })
+    .await;
+    let deep = "{ __schema { types { fields { type { ofType { ofType { name } } } } } } }";
+    let response = server.post(deep, json!({})).await;
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("nested too deep"), "{response}");
+
+    let wide: String = (0..60).map(|i| format!("a{i}: trackedTables ")).collect();
+    let response = server.post(&format!("{{ {wide} }}"), json!({})).await;
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("too complex"), "{response}");
+
+    let response = server.post("{ trackedTables }", json!({})).await;
+    assert_eq!(response["data"]["trackedTables"], json!([]));
+}
+
+#[tokio::test]
+async fn too_many_subscriptions_on_one_connection_get_rate_limited() {
+    let server = TestServer::start_with(|config| config.max_subscriptions = 2).await;
+    server
+        .sql(
+            "CREATE TABLE a (id int); CREATE TABLE b (id int); CREATE TABLE c (id int);
+              SELECT tidewire.track('a'); SELECT tidewire.track('b'); SELECT tidewire.track('c');",
+        )
+        .await;
+    let mut client = server.ws().await;
+    client.subscribe("a", CHANGES, json!({"table": "a"})).await;
+    client.subscribe("b", CHANGES, json!({"table": "b"})).await;
+    wait_for_subscribers(&server, 2).await;
+    client.subscribe("c", CHANGES, json!({"table": "c"})).await;
+    let payload = client.next_payload("c").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{payload}"
+    );
+    // The accepted ones go on; completing one makes room.
+    server.sql("INSERT INTO a VALUES (1)").await;
+    assert_eq!(client.next_item("a", "changes").await["row"]["id"], 1);
+    client.complete("b").await;
+    wait_for_subscribers(&server, 1).await;
+    client.subscribe("c", CHANGES, json!({"table": "c"})).await;
+    wait_for_subscribers(&server, 2).await;
+    server.sql("INSERT INTO c VALUES (3)").await;
+    assert_eq!(client.next_item("c", "changes").await["row"]["id"], 3);
+}
+
+#[tokio::test]
+async fn websockets_from_other_origins_are_refused() {
+    let server = TestServer::start_with(|config| {
+        config.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let own = format!("http://{}", server.addr);
+    assert_eq!(
+        GqlClient::try_open(server.addr, &[("origin", "https://evil.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert!(
+        GqlClient::try_open(server.addr, &[("origin", "https://app.example.com")])
+            .await
+            .is_ok()
+    );
+    assert!(GqlClient::try_open(server.addr, &[("origin", &own)])
+        .await
+        .is_ok());
+    assert!(
+        GqlClient::try_open(server.addr, &[]).await.is_ok(),
+        "non-browser clients send no Origin"
+    );
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let server = TestServer::start_with(|config| config.max_connections_per_address = 2).await;
+    let first = server.ws().await;
+    let _second = server.ws().await;
+    assert_eq!(GqlClient::try_open(server.addr, &[]).await.err(), Some(429));
+    drop(first);
+    wait_for_metric(&server, "tidewire_websocket_connections", |v| v == 1.0).await;
+    // The slot is given back once the first connection has closed.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while GqlClient::try_open(server.addr, &[]).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,11 +1,13 @@
 //! HTTP: one router for GraphQL (POST, GraphiQL, WebSocket), the
 //! playground, health, readiness and metrics.
 
+mod admission;
 mod health;
 pub mod protocol;
 mod websocket;
 
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -16,13 +18,15 @@ use std::{
 use async_graphql::http::{playground_source, GraphQLPlaygroundConfig, GraphiQLSource};
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
-    extract::{FromRequestParts, Request, State, WebSocketUpgrade},
+    extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade},
     response::{Html, IntoResponse, Response},
     routing::get,
     Router,
 };
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, watch};
+
+pub use admission::Admission;
 
 use crate::{db::ListenerStatus, fanout::Fanout, graphql::TidewireSchema, hub::Hub};
 
@@ -52,6 +56,10 @@ pub struct AppState {
     pub init_timeout: Duration,
     /// Shared executions of identical subscriptions.
     pub fanout: Arc<Fanout>,
+    /// Subscriptions one connection may run at once.
+    pub max_subscriptions: usize,
+    /// Who may open a WebSocket: origin allow-list, connections per address.
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {
@@ -77,10 +85,17 @@ async fn graphql_post(State(state): State<AppState>, request: GraphQLRequest) ->
 }
 
 /// A WebSocket upgrade starts a subscription socket; a browser gets GraphiQL.
-async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+async fn graphql_get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let (mut parts, _body) = request.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => websocket::upgrade(upgrade, state),
+        Ok(upgrade) => match state.admission.admit(&parts.headers, peer.ip()) {
+            Ok(ticket) => websocket::upgrade(upgrade, state, ticket),
+            Err(refusal) => refusal.into_response(),
+        },
         Err(_) => Html(
             GraphiQLSource::build()
                 .endpoint("/graphql")

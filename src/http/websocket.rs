@@ -25,12 +25,13 @@ use tokio::{
 };
 
 use super::{
+    admission::Ticket,
     protocol::{close, quote, ClientMessage, Frames, Protocol},
     AppState,
 };
 use crate::fanout::{Member, ResumeFrom, Shape};
 
-pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
+pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket) -> Response {
     let upgrade = upgrade
         .protocols(Protocol::NAMES)
         .max_message_size(state.max_message_bytes)
@@ -45,7 +46,10 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState) -> Response {
         .and_then(|p| p.to_str().ok())
         .and_then(Protocol::from_name)
         .unwrap_or(Protocol::TransportWs);
-    upgrade.on_upgrade(move |socket| serve(socket, protocol, Arc::new(state)))
+    upgrade.on_upgrade(move |socket| async move {
+        serve(socket, protocol, Arc::new(state)).await;
+        drop(ticket);
+    })
 }
 
 /// A frame on its way out, holding its share of the connection's budget.
@@ -227,16 +231,25 @@ impl Session {
                 return Some((close::UNAUTHORIZED, "Unauthorized".into()));
             }
             ClientMessage::Subscribe { id, request } => {
-                if self
-                    .subscriptions
-                    .get(&id)
-                    .is_some_and(|task| !task.is_finished())
-                {
+                self.subscriptions.retain(|_, task| !task.is_finished());
+                if self.subscriptions.contains_key(&id) {
                     let reason = format!(
                         "Subscriber for {} already exists",
                         id.chars().take(64).collect::<String>()
                     );
                     return Some((close::DUPLICATE_ID, reason));
+                }
+                if self.subscriptions.len() >= self.state.max_subscriptions {
+                    let errors = serde_json::json!([{
+                        "message": format!(
+                            "too many subscriptions on this connection (at most {})",
+                            self.state.max_subscriptions
+                        ),
+                        "extensions": {"code": "RATE_LIMITED"},
+                    }]);
+                    let frame = self.frames.error(&quote(&id), &errors.to_string());
+                    let _ = self.outbox.text(frame).await;
+                    return None;
                 }
                 let run = Subscription {
                     quoted_id: quote(&id),

@@ -327,6 +327,37 @@ impl GqlClient {
         Self::handshake(addr, protocol, stream).await
     }
 
+    /// Attempts the WebSocket handshake with extra request headers; the HTTP
+    /// status on refusal.
+    pub async fn try_open(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<GqlClient, u16> {
+        let mut request = format!("ws://{addr}/graphql")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap();
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(value).unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(GqlClient {
+                ws,
+                legacy: false,
+                pending: VecDeque::new(),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("handshake failed: {error}"),
+        }
+    }
+
     async fn handshake(addr: SocketAddr, protocol: &str, stream: TcpStream) -> GqlClient {
         let mut request = format!("ws://{addr}/graphql")
             .into_client_request()
