@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_COMPLEXITY", default_value_t = 500)]
     pub max_complexity: usize,
 
+    /// Longest `countdown(seconds)` a client may ask for.
+    #[arg(long, env = "TIDEWIRE_MAX_COUNTDOWN", default_value_t = 3600)]
+    pub max_countdown: i32,
+
     /// Subscriptions one WebSocket may run at once.
     #[arg(long, env = "TIDEWIRE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,

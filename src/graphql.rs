@@ -7,7 +7,10 @@ use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
 
 use crate::{
     db::{ChangeLog, PageLimit},
-    domains::changes::{ChangesQuery, ChangesSubscription},
+    domains::{
+        changes::{ChangesQuery, ChangesSubscription},
+        countdown::{CountdownSubscription, Countdowns},
+    },
     hub::Hub,
 };
 
@@ -15,7 +18,7 @@ use crate::{
 pub struct Query(ChangesQuery);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(ChangesSubscription);
+pub struct Subscription(ChangesSubscription, CountdownSubscription);
 
 pub type TidewireSchema = Schema<Query, EmptyMutation, Subscription>;
 
@@ -28,15 +31,23 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most fields a query may select.
     pub max_complexity: usize,
+    /// Longest `countdown(seconds)`.
+    pub max_countdown: i32,
 }
 
 /// The schema with its context data, ready to execute.
-pub fn build_schema(log: ChangeLog, hub: Arc<Hub>, limits: Limits) -> TidewireSchema {
+pub fn build_schema(
+    log: ChangeLog,
+    hub: Arc<Hub>,
+    countdowns: Arc<Countdowns>,
+    limits: Limits,
+) -> TidewireSchema {
     Schema::build(Query::default(), EmptyMutation, Subscription::default())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .data(log)
         .data(hub)
+        .data(countdowns)
         .data(limits)
         .finish()
 }

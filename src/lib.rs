@@ -10,7 +10,9 @@
 //!   [`db::Listener`] that tails the log.
 //! - [`hub`]: topic → subscribers with bounded buffers; a [`hub::Feed`] is one
 //!   subscriber's catch-up-then-live stream.
-//! - [`domains`]: GraphQL types and resolvers, one module per domain.
+//! - [`domains`]: GraphQL types and resolvers, one module per domain;
+//!   [`streams`] holds the throttle, debounce and batch operators they use.
+//! - [`fanout`]: identical subscriptions executed once, results shared.
 //! - [`graphql`]: schema assembly.
 //! - [`http`]: the router, the WebSocket protocols, health and metrics.
 //! - [`server`]: start-up, serving and ordered shutdown.
@@ -25,5 +27,6 @@ pub mod graphql;
 pub mod http;
 pub mod hub;
 pub mod server;
+pub mod streams;
 
 pub use graphql::Limits;

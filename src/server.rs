@@ -20,6 +20,7 @@ use crate::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
         ListenerStatus, PageLimit, Pruner, Watchdog,
     },
+    domains::countdown::Countdowns,
     fanout::Fanout,
     graphql::{build_schema, Limits},
     http::{router, Admission, AppState},
@@ -113,9 +114,11 @@ impl App {
             }
             .run(stop_rx.clone()),
         );
+        let countdowns = Arc::new(Countdowns::default());
         let schema = build_schema(
             self.log.clone(),
             self.hub.clone(),
+            countdowns.clone(),
             Limits {
                 page: PageLimit {
                     rows: self.config.log_page,
@@ -123,6 +126,7 @@ impl App {
                 },
                 max_depth: self.config.max_depth,
                 max_complexity: self.config.max_complexity,
+                max_countdown: self.config.max_countdown,
             },
         );
         let fanout = Fanout::new(schema.clone(), self.hub.clone(), self.config.group_buffer);
@@ -147,6 +151,7 @@ impl App {
                 self.config.allowed_origins.clone(),
             )),
             fanout,
+            countdowns,
         };
         let app = router(state);
         let served = axum::serve(

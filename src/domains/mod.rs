@@ -2,3 +2,4 @@
 //! grow, their SQL).
 
 pub mod changes;
+pub mod countdown;

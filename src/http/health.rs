@@ -98,6 +98,12 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         state.fanout.group_count() as u64,
     );
     gauge(
+        "tidewire_countdowns_running",
+        "countdown subscriptions whose timer runs now.",
+        "gauge",
+        state.countdowns.running() as u64,
+    );
+    gauge(
         "tidewire_hub_topics",
         "Topics with at least one subscriber.",
         "gauge",

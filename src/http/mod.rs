@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, watch};
 
 pub use admission::Admission;
 
-use crate::{db::ListenerStatus, fanout::Fanout, graphql::TidewireSchema, hub::Hub};
+use crate::{
+    db::ListenerStatus, domains::countdown::Countdowns, fanout::Fanout, graphql::TidewireSchema,
+    hub::Hub,
+};
 
 /// Everything a request handler may need.
 #[derive(Clone)]
@@ -56,6 +59,8 @@ pub struct AppState {
     pub init_timeout: Duration,
     /// Shared executions of identical subscriptions.
     pub fanout: Arc<Fanout>,
+    /// Running countdowns (a metric).
+    pub countdowns: Arc<Countdowns>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
     /// Who may open a WebSocket: origin allow-list, connections per address.
