@@ -263,3 +263,54 @@ async fn connections_per_address_are_capped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn random_frames_never_take_the_server_down() {
+    let server = server_with_items().await;
+    let mut rng = common::Rng::seeded();
+    let pieces = [
+        "{",
+        "}",
+        "\"type\"",
+        ":",
+        "\"subscribe\"",
+        "\"connection_init\"",
+        "\"id\"",
+        "\"1\"",
+        ",",
+        "\"payload\"",
+        "{\"query\":\"subscription { changes(table: \\\"items\\\") { op } }\"}",
+        "null",
+        "[",
+        "]",
+        "\"complete\"",
+        "\"ping\"",
+        "9999999999999999999999",
+        "\"\\u0000\"",
+        "\u{fffd}",
+    ];
+    let mut client = server.ws().await;
+    for _ in 0..300 {
+        let text: String = (0..1 + rng.below(12))
+            .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
+            .collect();
+        client.send_text(&text).await;
+        // Whatever it answered (or whether it closed), carry on with a
+        // fresh socket when this one is gone.
+        if client
+            .try_next_message_or_close(Duration::from_millis(20))
+            .await
+        {
+            client = server.ws().await;
+        }
+    }
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert!(health.status().is_success());
+    let mut fresh = server.ws().await;
+    fresh
+        .subscribe("ok", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_metric(&server, "tidewire_hub_subscribers", |v| v >= 1.0).await;
+    server.sql("INSERT INTO items VALUES (99)").await;
+    assert_eq!(fresh.next_item("ok", "changes").await["row"]["id"], 99);
+}

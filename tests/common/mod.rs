@@ -471,6 +471,18 @@ impl GqlClient {
         payload["data"][field].clone()
     }
 
+    /// Reads what arrives within `wait`; true if the socket closed.
+    pub async fn try_next_message_or_close(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// Messages still arriving until the server closes the socket.
     pub async fn until_closed(&mut self) -> Vec<Value> {
         let mut messages: Vec<Value> = self.pending.drain(..).collect();
