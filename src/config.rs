@@ -101,6 +101,16 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_STUCK_AFTER", default_value = "15s", value_parser = parse_duration)]
     pub stuck_after: Duration,
 
+    /// HS256 secret that signs and verifies tokens (32+ characters). The
+    /// embedded development setup generates one in the data folder.
+    #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an RS256 public key, to accept tokens minted by another
+    /// issuer.
+    #[arg(long, env = "TIDEWIRE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
     /// Deepest selection nesting a query may have.
     #[arg(long, env = "TIDEWIRE_MAX_DEPTH", default_value_t = 16)]
     pub max_depth: usize,

@@ -32,7 +32,7 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::{db::Cursor, graphql::TidewireSchema, hub::Hub};
+use crate::{auth::Viewer, db::Cursor, graphql::TidewireSchema, hub::Hub};
 
 /// Root subscription fields whose streams can be shared.
 const SHAREABLE_FIELDS: &[&str] = &["changes"];
@@ -64,11 +64,14 @@ pub struct Shape {
     pub operation: Option<String>,
     /// Variables as canonical JSON text.
     pub variables: String,
+    /// Results are shared only between subscribers who are the same viewer.
+    pub viewer: Option<Viewer>,
 }
 
 impl Shape {
-    /// The shape of `request` if its stream can be shared.
-    pub fn of(request: &Request) -> Option<Shape> {
+    /// The shape of `request`, made by `viewer`, if its stream can be
+    /// shared.
+    pub fn of(request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
         let document = parse_query(&request.query).ok()?;
         let operation = match &request.operation_name {
             Some(name) => {
@@ -119,7 +122,19 @@ impl Shape {
             query: request.query.clone(),
             operation: request.operation_name.clone(),
             variables: serde_json::to_string(variables).unwrap_or_default(),
+            viewer: viewer.cloned(),
         })
+    }
+
+    /// A request that executes this shape (as its viewer).
+    pub fn request(&self) -> Request {
+        let mut request = Request::new(self.query.clone())
+            .variables(serde_json::from_str(&self.variables).unwrap_or_default());
+        request.operation_name = self.operation.clone();
+        match &self.viewer {
+            Some(viewer) => request.data(viewer.clone()),
+            None => request,
+        }
     }
 }
 
@@ -223,10 +238,7 @@ impl Fanout {
     ) {
         self.count_execution();
         let probe = CursorProbe::default();
-        let mut request = Request::new(shape.query.clone())
-            .variables(serde_json::from_str(&shape.variables).unwrap_or_default())
-            .data(probe.clone());
-        request.operation_name = shape.operation.clone();
+        let request = shape.request().data(probe.clone());
         let mut stream = self.schema.execute_stream(request);
         let mut first = true;
         while let Some(response) = stream.next().await {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
 
 use crate::{
+    auth::AuthQuery,
     db::{ChangeLog, PageLimit},
     domains::{
         changes::{ChangesQuery, ChangesSubscription},
@@ -15,7 +16,7 @@ use crate::{
 };
 
 #[derive(MergedObject, Default)]
-pub struct Query(ChangesQuery);
+pub struct Query(ChangesQuery, AuthQuery);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(ChangesSubscription, CountdownSubscription);

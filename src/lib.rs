@@ -16,8 +16,10 @@
 //! - [`graphql`]: schema assembly.
 //! - [`http`]: the router, the WebSocket protocols, health and metrics.
 //! - [`server`]: start-up, serving and ordered shutdown.
+//! - [`auth`]: token verification, the `Viewer` behind a request.
 //! - [`config`]: every setting; [`error`]: client-facing error codes.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domains;

@@ -47,6 +47,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&options)).await??;
             ensure_database(&pg.url("postgres"), embedded::DATABASE).await?;
             config.database_url = Some(pg.url(embedded::DATABASE));
+            if config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
+                config.jwt_secret = Some(pg.dev_jwt_secret()?);
+            }
             tracing::info!(
                 "embedded Postgres on 127.0.0.1:{} (open a shell with `cargo run -- psql`)",
                 pg.port()

@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    auth::Verifier,
     config::Config,
     db::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
@@ -41,6 +42,8 @@ pub enum ServerError {
     Unreachable { waited: Duration, source: DbError },
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("authentication setup: {0}")]
+    Auth(String),
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -48,6 +51,7 @@ pub enum ServerError {
 /// A prepared service: database reachable, migrations applied.
 pub struct App {
     config: Config,
+    verifier: Arc<Verifier>,
     url: String,
     pool: Pool,
     log: ChangeLog,
@@ -59,6 +63,18 @@ impl App {
     /// migrations and builds the hub at the log's head.
     pub async fn prepare(config: Config) -> Result<App, ServerError> {
         let url = config.database_url.clone().ok_or(ServerError::NoDatabase)?;
+        let public_key = match &config.jwt_public_key {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| ServerError::Auth(format!("reading {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let verifier = Verifier::new(config.jwt_secret.as_deref(), public_key.as_deref())
+            .map_err(ServerError::Auth)?;
+        if config.jwt_secret.is_none() && public_key.is_none() {
+            tracing::warn!("no JWT secret or public key configured: every token is refused (TIDEWIRE_JWT_SECRET)");
+        }
         wait_for_database(&url, config.connect_timeout).await?;
         migrate(&url).await?;
         let pool = connect_pool(&url, config.pool_size, "tidewire")?;
@@ -66,6 +82,7 @@ impl App {
         let hub = Hub::new(config.topic_buffer, log.head().await?);
         Ok(App {
             config,
+            verifier: Arc::new(verifier),
             url,
             pool,
             log,
@@ -146,6 +163,7 @@ impl App {
             keepalive: self.config.keepalive,
             init_timeout: self.config.init_timeout,
             max_subscriptions: self.config.max_subscriptions,
+            verifier: self.verifier.clone(),
             admission: Arc::new(Admission::new(
                 self.config.max_connections_per_address,
                 self.config.allowed_origins.clone(),

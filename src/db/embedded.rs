@@ -31,6 +31,8 @@ pub const SUPERUSER: &str = "postgres";
 /// Database the service uses inside the embedded cluster.
 pub const DATABASE: &str = "tidewire";
 const PASSWORD_FILE: &str = "tidewire.password";
+/// Development JWT secret of the embedded setup.
+const JWT_SECRET_FILE: &str = "tidewire.jwt-secret";
 /// Pid of the Tidewire process that last started the cluster.
 const OWNER_FILE: &str = "tidewire.owner";
 
@@ -183,6 +185,24 @@ impl EmbeddedPostgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The development JWT secret kept in the data folder (created on first
+    /// use), so tokens stay valid across restarts of the embedded setup.
+    pub fn dev_jwt_secret(&self) -> Result<String, EmbeddedError> {
+        let path = self.data_dir.join(JWT_SECRET_FILE);
+        let io = |source| EmbeddedError::Io {
+            dir: self.data_dir.clone(),
+            source,
+        };
+        if let Ok(secret) = fs::read_to_string(&path) {
+            return Ok(secret.trim().to_owned());
+        }
+        let secret = random_hex(32).map_err(io)?;
+        fs::write(&path, &secret).map_err(io)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        tracing::info!(file = %path.display(), "generated a development JWT secret (set TIDEWIRE_JWT_SECRET in production)");
+        Ok(secret)
     }
 
     /// Stops the cluster (fast shutdown: open transactions roll back) if this

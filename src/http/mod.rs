@@ -19,6 +19,7 @@ use async_graphql::http::{playground_source, GraphQLPlaygroundConfig, GraphiQLSo
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
     extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade},
+    http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
     routing::get,
     Router,
@@ -29,7 +30,11 @@ use tokio::sync::{mpsc, watch};
 pub use admission::Admission;
 
 use crate::{
-    db::ListenerStatus, domains::countdown::Countdowns, fanout::Fanout, graphql::TidewireSchema,
+    auth::{AuthError, Verifier},
+    db::ListenerStatus,
+    domains::countdown::Countdowns,
+    fanout::Fanout,
+    graphql::TidewireSchema,
     hub::Hub,
 };
 
@@ -63,6 +68,8 @@ pub struct AppState {
     pub countdowns: Arc<Countdowns>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
+    /// Verifies the tokens of HTTP requests and WebSocket connections.
+    pub verifier: Arc<Verifier>,
     /// Who may open a WebSocket: origin allow-list, connections per address.
     pub admission: Arc<Admission>,
 }
@@ -85,8 +92,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn graphql_post(State(state): State<AppState>, request: GraphQLRequest) -> GraphQLResponse {
-    state.schema.execute(request.into_inner()).await.into()
+/// Queries and mutations; `Authorization: Bearer …` names the viewer. A
+/// token that fails verification is refused with 401 and `UNAUTHENTICATED`.
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
+    let mut request = request.into_inner();
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let verified = value
+            .to_str()
+            .map_err(|_| AuthError::NotBearer)
+            .and_then(|value| state.verifier.verify_bearer(value));
+        match verified {
+            Ok(viewer) => request = request.data(viewer),
+            Err(error) => {
+                let body = serde_json::json!({
+                    "errors": [{"message": error.to_string(), "extensions": {"code": "UNAUTHENTICATED"}}]
+                });
+                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            }
+        }
+    }
+    GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 
 /// A WebSocket upgrade starts a subscription socket; a browser gets GraphiQL.

@@ -11,6 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{atomic::Ordering, Arc},
+    time::Duration,
 };
 
 use async_graphql::{Request, Value as GqlValue};
@@ -29,7 +30,10 @@ use super::{
     protocol::{close, quote, ClientMessage, Frames, Protocol},
     AppState,
 };
-use crate::fanout::{Member, ResumeFrom, Shape};
+use crate::{
+    auth::{self, Viewer},
+    fanout::{Member, ResumeFrom, Shape},
+};
 
 pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket) -> Response {
     let upgrade = upgrade
@@ -137,7 +141,11 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
         state: state.clone(),
         subscriptions: HashMap::new(),
         initialized: false,
+        viewer: None,
     };
+    // Fires when the viewer's token expires.
+    let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval(state.keepalive);
     keepalive.reset();
     let init_deadline = tokio::time::sleep(state.init_timeout);
@@ -160,6 +168,14 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
                 if let Some(ending) = Box::pin(session.handle(&text)).await {
                     break Some(ending);
                 }
+                if let Some(viewer) = &session.viewer {
+                    let left = (viewer.expires_at - auth::now()).max(0) as u64;
+                    expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                }
+            }
+            _ = &mut expiry, if session.viewer.is_some() => {
+                Box::pin(session.unauthenticate("the token has expired")).await;
+                break Some((close::FORBIDDEN, "Forbidden: the token has expired".into()));
             }
             _ = &mut init_deadline, if !session.initialized => {
                 break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
@@ -202,6 +218,8 @@ struct Session {
     state: Arc<AppState>,
     subscriptions: HashMap<String, JoinHandle<()>>,
     initialized: bool,
+    /// From the token in `connection_init` (or a later refresh).
+    viewer: Option<Viewer>,
 }
 
 impl Session {
@@ -218,12 +236,47 @@ impl Session {
                     "Too many initialisation requests".into(),
                 ));
             }
-            ClientMessage::Init(_) => {
+            ClientMessage::Init(payload) => {
+                if let Some(value) = authorization(payload.as_ref()) {
+                    match self.state.verifier.verify_bearer(value) {
+                        Ok(viewer) => self.viewer = Some(viewer),
+                        Err(error) => {
+                            return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
+                        }
+                    }
+                }
                 self.initialized = true;
                 let _ = self.outbox.text(self.frames.ack()).await;
             }
             ClientMessage::Ping(payload) => {
-                let _ = self.outbox.text(self.frames.pong(payload.as_ref())).await;
+                // A ping may carry a fresh token: the connection and its
+                // subscriptions go on under it (same user only).
+                if let Some(value) = authorization(payload.as_ref()) {
+                    match self.state.verifier.verify_bearer(value) {
+                        Ok(fresh)
+                            if self
+                                .viewer
+                                .as_ref()
+                                .is_none_or(|v| v.user_id == fresh.user_id) =>
+                        {
+                            self.viewer = Some(fresh);
+                        }
+                        Ok(_) => {
+                            return Some((
+                                close::FORBIDDEN,
+                                "Forbidden: the token is for another user".into(),
+                            ))
+                        }
+                        Err(error) => {
+                            return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
+                        }
+                    }
+                }
+                // Echo the payload, but never a token.
+                let echo = payload
+                    .as_ref()
+                    .filter(|_| authorization(payload.as_ref()).is_none());
+                let _ = self.outbox.text(self.frames.pong(echo)).await;
             }
             ClientMessage::Pong => {}
             ClientMessage::Terminate => return Some((1000, "terminated".into())),
@@ -256,6 +309,7 @@ impl Session {
                     frames: self.frames.clone(),
                     outbox: self.outbox.clone(),
                     state: self.state.clone(),
+                    viewer: self.viewer.clone(),
                 };
                 self.subscriptions
                     .insert(id, tokio::spawn(run.run(*request)));
@@ -270,12 +324,43 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Ends every running subscription with an `UNAUTHENTICATED` error.
+    async fn unauthenticate(&mut self, reason: &str) {
+        let errors = serde_json::json!([{
+            "message": reason,
+            "extensions": {"code": "UNAUTHENTICATED"},
+        }])
+        .to_string();
+        for (id, task) in self.subscriptions.drain() {
+            task.abort();
+            if !task.is_finished() {
+                let _ = self
+                    .outbox
+                    .text(self.frames.error(&quote(&id), &errors))
+                    .await;
+            }
+        }
+    }
+}
+
+/// The `authorization` value of a `connection_init` or `ping` payload.
+fn authorization(payload: Option<&serde_json::Value>) -> Option<&str> {
+    let payload = payload?;
+    payload
+        .get("authorization")
+        .or_else(|| payload.get("Authorization"))?
+        .as_str()
+}
+
 /// One operation started by `subscribe`.
 struct Subscription {
     quoted_id: String,
     frames: Arc<Frames>,
     outbox: Outbox,
     state: Arc<AppState>,
+    /// Who subscribed; resolvers authorize with it.
+    viewer: Option<Viewer>,
 }
 
 /// Counts a running subscription for as long as it lives (even aborted).
@@ -300,12 +385,18 @@ impl Drop for Running {
 impl Subscription {
     async fn run(self, request: Request) {
         let _running = Running::new(&self.state);
-        let result = match Shape::of(&request) {
+        let result = match Shape::of(&request, self.viewer.as_ref()) {
             Some(shape) => {
                 let member = self.state.fanout.join(shape.clone());
                 self.shared(member, shape).await
             }
-            None => Box::pin(self.alone(request)).await,
+            None => {
+                let request = match &self.viewer {
+                    Some(viewer) => request.data(viewer.clone()),
+                    None => request,
+                };
+                Box::pin(self.alone(request)).await
+            }
         };
         if let Ok(true) = result {
             let _ = self
@@ -360,10 +451,7 @@ impl Subscription {
                     // Too slow for the group: go on alone from the log.
                     drop(member);
                     self.state.hub.count_catchup();
-                    let mut request = Request::new(shape.query)
-                        .variables(serde_json::from_str(&shape.variables).unwrap_or_default())
-                        .data(ResumeFrom(last));
-                    request.operation_name = shape.operation;
+                    let request = shape.request().data(ResumeFrom(last));
                     return Box::pin(self.alone(request)).await;
                 }
                 Err(RecvError::Closed) => return Ok(true),

@@ -200,6 +200,18 @@ impl TestServer {
             .unwrap()
     }
 
+    /// POST with `Authorization: Bearer <token>`; the HTTP status and body.
+    pub async fn post_as(&self, token: &str, query: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(self.url("/graphql"))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&json!({"query": query}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(self.url("/metrics"))
             .await
@@ -303,6 +315,16 @@ impl GqlClient {
             .await;
         let ack = client.next_message().await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
+        client
+    }
+
+    /// Opens a socket and sends `connection_init` with `payload`, without
+    /// waiting for the answer.
+    pub async fn init_with(addr: SocketAddr, payload: Value) -> GqlClient {
+        let mut client = Self::open(addr, "graphql-transport-ws").await;
+        client
+            .send(json!({"type": "connection_init", "payload": payload}))
+            .await;
         client
     }
 
