@@ -55,7 +55,7 @@ fn unsigned(sub: &str) -> String {
 async fn server() -> TestServer {
     let server = TestServer::start_with(|config| config.jwt_secret = Some(SECRET.into())).await;
     server
-        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items');")
+        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items', public => true);")
         .await;
     server
 }
@@ -163,4 +163,89 @@ async fn a_fresh_token_over_ping_keeps_the_subscriptions() {
         .send(json!({"type": "ping", "payload": {"authorization": other}}))
         .await;
     assert_eq!(client.closed().await.0, 4403);
+}
+
+/// A connected client acting as `sub` with `role`.
+async fn client_as(server: &TestServer, sub: &str, role: &str) -> GqlClient {
+    let bearer = format!("Bearer {}", token(sub, role, 600, SECRET));
+    let mut client = GqlClient::init_with(server.addr, json!({"authorization": bearer})).await;
+    assert_eq!(client.next_message().await["type"], "connection_ack");
+    client
+}
+
+#[tokio::test]
+async fn changes_of_a_private_table_are_for_admins() {
+    let server = server().await;
+    server
+        .sql("CREATE TABLE secrets (id int PRIMARY KEY); SELECT tidewire.track('secrets');")
+        .await;
+    let mut anonymous = server.ws().await;
+    anonymous
+        .subscribe("s", CHANGES, json!({"table": "secrets"}))
+        .await;
+    let payload = anonymous.next_payload("s").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{payload}"
+    );
+
+    let mut user = client_as(&server, "u1", "user").await;
+    user.subscribe("s", CHANGES, json!({"table": "secrets"}))
+        .await;
+    let payload = user.next_payload("s").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{payload}"
+    );
+
+    let mut admin = client_as(&server, "root", "admin").await;
+    admin
+        .subscribe("s", CHANGES, json!({"table": "secrets"}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    server.sql("INSERT INTO secrets VALUES (1)").await;
+    assert_eq!(admin.next_item("s", "changes").await["row"]["id"], 1);
+}
+
+#[tokio::test]
+async fn users_read_only_their_own_rows_of_an_owned_table() {
+    let server = server().await;
+    server
+        .sql(
+            "CREATE TABLE orders (id int PRIMARY KEY, user_id text, amount int);
+             SELECT tidewire.track('orders', owner_column => 'user_id');",
+        )
+        .await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    let mut ben = client_as(&server, "ben", "user").await;
+    let mut admin = client_as(&server, "root", "admin").await;
+    for client in [&mut ann, &mut ben, &mut admin] {
+        client
+            .subscribe("o", CHANGES, json!({"table": "orders"}))
+            .await;
+    }
+    // Three viewers: three executions, no sharing across identities.
+    wait_for_subscribers(&server, 3).await;
+    server
+        .sql("INSERT INTO orders VALUES (1, 'ann', 10), (2, 'ben', 20), (3, 'ann', 30)")
+        .await;
+    let ids = |items: Vec<serde_json::Value>| -> Vec<i64> {
+        items
+            .iter()
+            .map(|i| i["row"]["id"].as_i64().unwrap())
+            .collect()
+    };
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(ann.next_item("o", "changes").await);
+    }
+    assert_eq!(ids(got), [1, 3]);
+    assert_eq!(ids(vec![ben.next_item("o", "changes").await]), [2]);
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        all.push(admin.next_item("o", "changes").await);
+    }
+    assert_eq!(ids(all), [1, 2, 3]);
+    ann.assert_quiet(Duration::from_millis(200)).await;
+    ben.assert_quiet(Duration::from_millis(200)).await;
 }

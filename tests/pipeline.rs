@@ -13,7 +13,7 @@ async fn server_with_items() -> TestServer {
     server
         .sql(
             "CREATE TABLE items (id int PRIMARY KEY, name text, status text);
-             SELECT tidewire.track('items');",
+             SELECT tidewire.track('items', public => true);",
         )
         .await;
     server
@@ -186,7 +186,7 @@ async fn two_subscriptions_share_one_socket() {
     server
         .sql(
             "CREATE TABLE a (id int); CREATE TABLE b (id int);
-             SELECT tidewire.track('a'); SELECT tidewire.track('public.b');",
+             SELECT tidewire.track('a', public => true); SELECT tidewire.track('public.b', public => true);",
         )
         .await;
     let mut client = server.ws().await;
@@ -334,7 +334,7 @@ async fn readyz_follows_the_listener_and_no_event_is_lost_while_it_is_down() {
     })
     .await;
     server
-        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items');")
+        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items', public => true);")
         .await;
     let mut client = server.ws().await;
     client

@@ -18,7 +18,7 @@ async fn server_with_items() -> TestServer {
     })
     .await;
     server
-        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items');")
+        .sql("CREATE TABLE items (id int PRIMARY KEY); SELECT tidewire.track('items', public => true);")
         .await;
     server
 }
@@ -194,7 +194,7 @@ async fn too_many_subscriptions_on_one_connection_get_rate_limited() {
     server
         .sql(
             "CREATE TABLE a (id int); CREATE TABLE b (id int); CREATE TABLE c (id int);
-              SELECT tidewire.track('a'); SELECT tidewire.track('b'); SELECT tidewire.track('c');",
+              SELECT tidewire.track('a', public => true); SELECT tidewire.track('b', public => true); SELECT tidewire.track('c', public => true);",
         )
         .await;
     let mut client = server.ws().await;

@@ -39,7 +39,7 @@ async fn concurrent_writers_arrive_exactly_once_in_commit_order() {
     const TXNS: i64 = 80;
     let server = TestServer::start().await;
     server
-        .sql("CREATE TABLE events (id bigint PRIMARY KEY, writer int); SELECT tidewire.track('events');")
+        .sql("CREATE TABLE events (id bigint PRIMARY KEY, writer int); SELECT tidewire.track('events', public => true);")
         .await;
     let mut subscribers = Vec::new();
     for _ in 0..2 {
@@ -289,7 +289,7 @@ async fn a_stalled_client_is_bounded_and_others_keep_receiving() {
     const BUDGET: f64 = 256.0 * 1024.0;
     let server = TestServer::start_with(|config| config.topic_buffer = 16).await;
     server
-        .sql("CREATE TABLE blobs (id bigint PRIMARY KEY, body text); SELECT tidewire.track('blobs');")
+        .sql("CREATE TABLE blobs (id bigint PRIMARY KEY, body text); SELECT tidewire.track('blobs', public => true);")
         .await;
     let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
     stalled
@@ -335,7 +335,7 @@ async fn a_stalled_client_is_bounded_and_others_keep_receiving() {
 async fn a_one_mebibyte_row_arrives_intact() {
     let server = TestServer::start().await;
     server
-        .sql("CREATE TABLE docs (id int PRIMARY KEY, body text); SELECT tidewire.track('docs');")
+        .sql("CREATE TABLE docs (id int PRIMARY KEY, body text); SELECT tidewire.track('docs', public => true);")
         .await;
     let mut client = server.ws().await;
     client
@@ -392,7 +392,7 @@ async fn notification_queue_usage_is_exported() {
 async fn completed_and_dropped_subscriptions_release_everything() {
     let server = TestServer::start().await;
     server
-        .sql("CREATE TABLE a (id int); CREATE TABLE b (id int); SELECT tidewire.track('a'); SELECT tidewire.track('b');")
+        .sql("CREATE TABLE a (id int); CREATE TABLE b (id int); SELECT tidewire.track('a', public => true); SELECT tidewire.track('b', public => true);")
         .await;
     let mut one = server.ws().await;
     one.subscribe("1", CHANGES, json!({"table": "a"})).await;

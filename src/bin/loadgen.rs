@@ -354,7 +354,7 @@ async fn prepare_table(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         .context("connecting to the database")?;
     db.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, writer int NOT NULL, seq bigint NOT NULL);
-         SELECT tidewire.track('{TABLE}');"
+         SELECT tidewire.track('{TABLE}', public => true);"
     ))
     .await?;
     Ok(db)

@@ -52,6 +52,10 @@ pub struct TrackedTable {
     pub table_name: String,
     pub topic: String,
     pub columns: Vec<String>,
+    /// Anyone may read its changes.
+    pub public: bool,
+    /// Users read the rows whose value here is their id.
+    pub owner_column: Option<String>,
 }
 
 /// One read of the log: rows after a cursor, the retention floor from the
@@ -201,7 +205,8 @@ impl ChangeLog {
                 "SELECT t.name, t.table_name, t.topic,
                         array(SELECT attname::text FROM pg_attribute
                                WHERE attrelid = t.rel AND attnum > 0 AND NOT attisdropped
-                               ORDER BY attnum)
+                               ORDER BY attnum),
+                        t.public, t.owner_column
                    FROM tidewire.tracked t
                   WHERE t.name = $1 OR t.table_name = $1
                   ORDER BY t.name = $1 DESC",
@@ -218,6 +223,8 @@ impl ChangeLog {
             table_name: row.get(1),
             topic: row.get(2),
             columns: row.get(3),
+            public: row.get(4),
+            owner_column: row.get(5),
         }))
     }
 

@@ -8,7 +8,8 @@ use futures_util::{stream, Stream};
 use serde_json::Value;
 
 use crate::{
-    db::{Change, ChangeLog, Cursor, Op},
+    auth::{Role, Viewer},
+    db::{Change, ChangeLog, Cursor, Op, TrackedTable},
     error::{internal, ErrorCode},
     fanout::{CursorProbe, ResumeFrom},
     hub::{Feed, Hub, RowFilter},
@@ -102,6 +103,7 @@ impl ChangesSubscription {
                     table.chars().take(64).collect::<String>()
                 ))
             })?;
+        let owner = access(&tracked, ctx.data_opt::<Viewer>())?;
         let filter = filter
             .map(|Json(value)| RowFilter::parse(&value, &tracked.name, &tracked.columns))
             .transpose()
@@ -111,6 +113,7 @@ impl ChangesSubscription {
         let state = ChangeStream {
             feed,
             filter,
+            owner,
             table: tracked.name,
             probe,
         };
@@ -118,10 +121,41 @@ impl ChangesSubscription {
     }
 }
 
+/// Who may read `table`'s changes: everything, or only the viewer's own rows
+/// (`Some((owner column, user id))`).
+fn access(table: &TrackedTable, viewer: Option<&Viewer>) -> Result<Option<(String, String)>> {
+    if table.public || viewer.is_some_and(|v| v.role == Role::Admin) {
+        return Ok(None);
+    }
+    match (viewer, &table.owner_column) {
+        (None, _) => Err(ErrorCode::Unauthenticated
+            .error(format!("sign in to read the changes of `{}`", table.name))),
+        (Some(viewer), Some(column)) => Ok(Some((column.clone(), viewer.user_id.clone()))),
+        (Some(_), None) => {
+            Err(ErrorCode::Forbidden
+                .error(format!("the changes of `{}` are for admins", table.name)))
+        }
+    }
+}
+
+/// Whether the change's new or old row belongs to `user`.
+fn owned_by(change: &Change, column: &str, user: &str) -> bool {
+    [&change.row, &change.old_row]
+        .into_iter()
+        .flatten()
+        .any(|row| match row.get(column) {
+            Some(Value::String(owner)) => owner == user,
+            Some(Value::Number(owner)) => owner.to_string() == user,
+            _ => false,
+        })
+}
+
 /// State of one `changes` stream.
 struct ChangeStream {
     feed: Feed,
     filter: Option<RowFilter>,
+    /// Only rows whose `.0` column holds `.1` (a user reading an owned table).
+    owner: Option<(String, String)>,
     /// A topic may carry several tables (track(..., topic)): keep this one.
     table: String,
     probe: Option<CursorProbe>,
@@ -137,7 +171,12 @@ impl ChangeStream {
                     return Some((Err(error), self));
                 }
             };
-            if change.table == self.table && self.filter.as_ref().is_none_or(|f| f.matches(&change))
+            if change.table == self.table
+                && self.filter.as_ref().is_none_or(|f| f.matches(&change))
+                && self
+                    .owner
+                    .as_ref()
+                    .is_none_or(|(column, user)| owned_by(&change, column, user))
             {
                 if let Some(probe) = &self.probe {
                     probe.set(change.cursor);

@@ -140,7 +140,7 @@ impl TestServer {
     /// Creates the table most reliability tests use, `events (id bigint
     /// PRIMARY KEY)`, and tracks it.
     pub async fn track_events(&self) {
-        self.sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events');")
+        self.sql("CREATE TABLE events (id bigint PRIMARY KEY); SELECT tidewire.track('events', public => true);")
             .await;
     }
 
