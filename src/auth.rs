@@ -10,8 +10,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_graphql::{Context, Object, SimpleObject};
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 
 /// Who is asking. Comes from a verified token, never from an argument.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,9 +39,11 @@ pub enum AuthError {
     Expired,
     #[error("the token is not valid")]
     Invalid,
+    #[error("the session was revoked")]
+    Revoked,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
     #[serde(default)]
@@ -49,6 +51,53 @@ struct Claims {
     #[serde(default)]
     sid: Option<String>,
     exp: i64,
+}
+
+/// Signs the tokens `signUp` and `signIn` hand out (HS256, the configured
+/// secret).
+#[derive(Clone)]
+pub struct Issuer {
+    key: EncodingKey,
+    /// How long a token lives, in seconds.
+    pub ttl: i64,
+}
+
+impl Issuer {
+    pub fn new(secret: &str, ttl: i64) -> Self {
+        Issuer {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            ttl,
+        }
+    }
+
+    /// A token for `user_id` in `session_id`, expiring at `expires_at`.
+    pub fn issue(&self, user_id: &str, role: Role, session_id: &str, expires_at: i64) -> String {
+        let claims = Claims {
+            sub: user_id.to_owned(),
+            role: Some(role.as_str().to_owned()),
+            sid: Some(session_id.to_owned()),
+            exp: expires_at,
+        };
+        // HS256 signing of a small struct cannot fail.
+        encode(&Header::default(), &claims, &self.key).unwrap_or_default()
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
 }
 
 /// Verifies tokens with the configured keys.
@@ -121,9 +170,8 @@ impl Verifier {
 
 fn viewer(claims: Claims) -> Result<Viewer, AuthError> {
     let role = match claims.role.as_deref() {
-        None | Some("user") => Role::User,
-        Some("admin") => Role::Admin,
-        Some(_) => return Err(AuthError::Invalid),
+        None => Role::User,
+        Some(role) => Role::parse(role).ok_or(AuthError::Invalid)?,
     };
     if claims.sub.is_empty() || claims.exp <= now() {
         return Err(if claims.exp <= now() {

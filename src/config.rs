@@ -23,6 +23,15 @@ pub enum Command {
     Serve,
     /// Print the GraphQL schema (SDL) to standard output.
     PrintSchema,
+    /// Create an admin account, or make an existing account admin (uses
+    /// DATABASE_URL, or the running embedded database).
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        /// At least 8 characters.
+        #[arg(long, env = "TIDEWIRE_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
     /// Open psql on the embedded database (the service must be running).
     Psql {
         /// Arguments passed on to psql, e.g. `-- -c "SELECT 1"`.
@@ -110,6 +119,15 @@ pub struct Config {
     /// issuer.
     #[arg(long, env = "TIDEWIRE_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+
+    /// How long tokens from `signUp`/`signIn` stay valid.
+    #[arg(long, env = "TIDEWIRE_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Mutations one user (or, signed out, one address) may run per second;
+    /// more get `RATE_LIMITED`.
+    #[arg(long, env = "TIDEWIRE_MUTATIONS_PER_SECOND", default_value_t = 20)]
+    pub mutations_per_second: u32,
 
     /// Deepest selection nesting a query may have.
     #[arg(long, env = "TIDEWIRE_MAX_DEPTH", default_value_t = 16)]

@@ -3,15 +3,18 @@
 
 use std::sync::Arc;
 
-use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
+use async_graphql::{MergedObject, MergedSubscription, Schema};
+use deadpool_postgres::Pool;
 
 use crate::{
-    auth::AuthQuery,
+    auth::{AuthQuery, Issuer},
     db::{ChangeLog, PageLimit},
+    domains::accounts::AccountsMutation,
     domains::{
         changes::{ChangesQuery, ChangesSubscription},
         countdown::{CountdownSubscription, Countdowns},
     },
+    http::RateLimiter,
     hub::Hub,
 };
 
@@ -21,7 +24,10 @@ pub struct Query(ChangesQuery, AuthQuery);
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(ChangesSubscription, CountdownSubscription);
 
-pub type TidewireSchema = Schema<Query, EmptyMutation, Subscription>;
+#[derive(MergedObject, Default)]
+pub struct Mutation(AccountsMutation);
+
+pub type TidewireSchema = Schema<Query, Mutation, Subscription>;
 
 /// Settings resolvers need at run time.
 #[derive(Debug, Clone)]
@@ -37,25 +43,45 @@ pub struct Limits {
 }
 
 /// The schema with its context data, ready to execute.
-pub fn build_schema(
-    log: ChangeLog,
-    hub: Arc<Hub>,
-    countdowns: Arc<Countdowns>,
-    limits: Limits,
-) -> TidewireSchema {
-    Schema::build(Query::default(), EmptyMutation, Subscription::default())
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        .data(log)
-        .data(hub)
-        .data(countdowns)
-        .data(limits)
-        .finish()
+/// What resolvers reach through the context.
+pub struct Services {
+    pub log: ChangeLog,
+    pub hub: Arc<Hub>,
+    pub countdowns: Arc<Countdowns>,
+    /// Pool for domain queries (accounts, …).
+    pub pool: Pool,
+    /// Signs tokens; absent when only an external issuer's key is set.
+    pub issuer: Option<Issuer>,
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
+    let schema = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity)
+    .data(services.log)
+    .data(services.hub)
+    .data(services.countdowns)
+    .data(services.pool)
+    .data(services.rate_limiter)
+    .data(limits);
+    match services.issuer {
+        Some(issuer) => schema.data(issuer).finish(),
+        None => schema.finish(),
+    }
 }
 
 /// The schema's SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), EmptyMutation, Subscription::default())
-        .finish()
-        .sdl()
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
 }

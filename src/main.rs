@@ -25,6 +25,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Psql { args } => psql(&cli.config, &args),
+        Command::CreateAdmin { email, password } => {
+            let url = database_url(&cli.config)?;
+            tokio::runtime::Runtime::new()?.block_on(create_admin(&url, &email, password))
+        }
         Command::Serve => {
             init_logging(&cli.config.log)?;
             tokio::runtime::Runtime::new()?.block_on(serve(cli.config))
@@ -92,25 +96,51 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
     })
 }
 
-/// Replaces this process with psql connected to the running embedded
-/// cluster.
-fn psql(config: &Config, args: &[String]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let url = match &config.database_url {
-        Some(url) => url.clone(),
+/// DATABASE_URL, or the running embedded cluster's.
+fn database_url(config: &Config) -> anyhow::Result<String> {
+    match &config.database_url {
+        Some(url) => Ok(url.clone()),
         None => match embedded::running_url(&config.data_dir) {
-            Some(url) => url,
+            Some(url) => Ok(url),
             None => bail!(
-                "no embedded Postgres is running in {}: start Tidewire first (`cargo run --release`)",
+                "no embedded Postgres is running in {}: start Tidewire first (`cargo run --release`) or set DATABASE_URL",
                 config.data_dir.display()
             ),
         },
-    };
+    }
+}
+
+/// Replaces this process with psql connected to the database.
+fn psql(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let url = database_url(config)?;
     let error = std::process::Command::new("psql")
         .arg(url)
         .args(args)
         .exec();
     bail!("cannot run psql: {error}")
+}
+
+async fn create_admin(url: &str, email: &str, password: String) -> anyhow::Result<()> {
+    if password.chars().count() < 8 {
+        bail!("the password must have at least 8 characters");
+    }
+    tidewire::db::migrate(url).await?;
+    let hash = tidewire::domains::accounts::hash_password(password)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the password: {}", e.message))?;
+    let client = tidewire::db::connect_once(url).await?;
+    let email = email.trim().to_lowercase();
+    let row = client
+        .query_one(
+            "INSERT INTO tidewire.users (email, password_hash, role) VALUES ($1, $2, 'admin')
+             ON CONFLICT (email) DO UPDATE SET role = 'admin', password_hash = EXCLUDED.password_hash
+             RETURNING id::text",
+            &[&email, &hash],
+        )
+        .await?;
+    println!("admin {email} (id {})", row.get::<_, String>(0));
+    Ok(())
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {

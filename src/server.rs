@@ -11,11 +11,11 @@ use std::{
 use deadpool_postgres::Pool;
 use tokio::{
     net::TcpListener,
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
 };
 
 use crate::{
-    auth::Verifier,
+    auth::{Issuer, Verifier},
     config::Config,
     db::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
@@ -23,8 +23,8 @@ use crate::{
     },
     domains::countdown::Countdowns,
     fanout::Fanout,
-    graphql::{build_schema, Limits},
-    http::{router, Admission, AppState},
+    graphql::{build_schema, Limits, Services},
+    http::{router, Admission, AppState, RateLimiter},
     hub::Hub,
 };
 
@@ -97,6 +97,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (revocations, _) = broadcast::channel(1024);
         let status = Arc::new(ListenerStatus::default());
         let listener_task = tokio::spawn(
             Listener {
@@ -110,6 +111,7 @@ impl App {
                 },
                 backoff: self.config.listener_backoff,
                 backoff_max: self.config.listener_backoff_max,
+                revocations: revocations.clone(),
             }
             .run(stop_rx.clone()),
         );
@@ -133,9 +135,18 @@ impl App {
         );
         let countdowns = Arc::new(Countdowns::default());
         let schema = build_schema(
-            self.log.clone(),
-            self.hub.clone(),
-            countdowns.clone(),
+            Services {
+                log: self.log.clone(),
+                hub: self.hub.clone(),
+                countdowns: countdowns.clone(),
+                pool: self.pool.clone(),
+                issuer: self
+                    .config
+                    .jwt_secret
+                    .as_deref()
+                    .map(|secret| Issuer::new(secret, self.config.token_ttl.as_secs() as i64)),
+                rate_limiter: Arc::new(RateLimiter::new(self.config.mutations_per_second)),
+            },
             Limits {
                 page: PageLimit {
                     rows: self.config.log_page,
@@ -164,6 +175,7 @@ impl App {
             init_timeout: self.config.init_timeout,
             max_subscriptions: self.config.max_subscriptions,
             verifier: self.verifier.clone(),
+            revocations,
             admission: Arc::new(Admission::new(
                 self.config.max_connections_per_address,
                 self.config.allowed_origins.clone(),

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{pool::parse, ChangeLog, Cursor, DbError, PageLimit};
@@ -23,6 +23,32 @@ use crate::hub::Hub;
 
 /// Channel the commit trigger notifies (see sql/V1__change_log.sql).
 pub(super) const CHANNEL: &str = "tidewire";
+/// Channel of session revocations (`signOut`, `revokeSessions`); payload
+/// `{"sid": …}` or `{"user": …}`.
+pub const REVOKED_CHANNEL: &str = "tidewire_revoked";
+
+/// A revocation heard from the database, for every open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Session(String),
+    User(String),
+    /// Revocations may have been missed (the listener reconnected): every
+    /// connection checks its own session.
+    Recheck,
+}
+
+impl Revocation {
+    fn parse(payload: &str) -> Option<Revocation> {
+        let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+        if let Some(sid) = value.get("sid").and_then(|v| v.as_str()) {
+            return Some(Revocation::Session(sid.to_owned()));
+        }
+        value
+            .get("user")
+            .and_then(|v| v.as_str())
+            .map(|u| Revocation::User(u.to_owned()))
+    }
+}
 
 /// Listener state shared with health checks and metrics.
 #[derive(Debug, Default)]
@@ -60,6 +86,7 @@ pub struct Listener {
     pub limit: PageLimit,
     pub backoff: Duration,
     pub backoff_max: Duration,
+    pub revocations: broadcast::Sender<Revocation>,
 }
 
 impl Listener {
@@ -105,9 +132,15 @@ impl Listener {
         // connection future would drop the notifications.
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
+        let revocations = self.revocations.clone();
         let mut driver = tokio::spawn(async move {
             loop {
                 match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REVOKED_CHANNEL => {
+                        if let Some(revocation) = Revocation::parse(n.payload()) {
+                            let _ = revocations.send(revocation);
+                        }
+                    }
                     Some(Ok(AsyncMessage::Notification(_))) => waker.notify_one(),
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return DbError::from(error),
@@ -116,7 +149,11 @@ impl Listener {
             }
         });
         let result = async {
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {REVOKED_CHANNEL}"))
+                .await?;
+            // Revocations sent while we were away were not heard.
+            let _ = self.revocations.send(Revocation::Recheck);
             loop {
                 self.drain(last).await?;
                 self.status.live.store(true, Ordering::SeqCst);

@@ -1,5 +1,6 @@
 //! One module per domain: its GraphQL types and resolvers (and, as domains
 //! grow, their SQL).
 
+pub mod accounts;
 pub mod changes;
 pub mod countdown;

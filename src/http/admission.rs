@@ -51,6 +51,13 @@ pub struct Ticket {
     address: IpAddr,
 }
 
+impl Ticket {
+    /// The client's address.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut open = self.admission.lock();

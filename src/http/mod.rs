@@ -4,6 +4,7 @@
 mod admission;
 mod health;
 pub mod protocol;
+mod rate_limit;
 mod websocket;
 
 use std::{
@@ -25,13 +26,14 @@ use axum::{
     Router,
 };
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 pub use admission::Admission;
+pub use rate_limit::RateLimiter;
 
 use crate::{
     auth::{AuthError, Verifier},
-    db::ListenerStatus,
+    db::{ListenerStatus, Revocation},
     domains::countdown::Countdowns,
     fanout::Fanout,
     graphql::TidewireSchema,
@@ -70,6 +72,8 @@ pub struct AppState {
     pub max_subscriptions: usize,
     /// Verifies the tokens of HTTP requests and WebSocket connections.
     pub verifier: Arc<Verifier>,
+    /// Session revocations heard by this node's listener.
+    pub revocations: broadcast::Sender<Revocation>,
     /// Who may open a WebSocket: origin allow-list, connections per address.
     pub admission: Arc<Admission>,
 }
@@ -96,15 +100,20 @@ pub fn router(state: AppState) -> Router {
 /// token that fails verification is refused with 401 and `UNAUTHENTICATED`.
 async fn graphql_post(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> Response {
-    let mut request = request.into_inner();
+    let mut request = request.into_inner().data(peer.ip());
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let verified = value
             .to_str()
             .map_err(|_| AuthError::NotBearer)
             .and_then(|value| state.verifier.verify_bearer(value));
+        let verified = match verified {
+            Ok(viewer) if viewer_revoked(&state, &viewer).await => Err(AuthError::Revoked),
+            other => other,
+        };
         match verified {
             Ok(viewer) => request = request.data(viewer),
             Err(error) => {
@@ -138,6 +147,14 @@ async fn graphql_get(
                 .finish(),
         )
         .into_response(),
+    }
+}
+
+/// Whether the viewer's session was revoked (signOut, revokeSessions).
+async fn viewer_revoked(state: &AppState, viewer: &crate::auth::Viewer) -> bool {
+    match &viewer.session_id {
+        Some(sid) => crate::domains::accounts::is_revoked(&state.pool, sid).await,
+        None => false,
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -31,7 +32,9 @@ use super::{
     AppState,
 };
 use crate::{
-    auth::{self, Viewer},
+    auth::{self, AuthError, Viewer},
+    db::Revocation,
+    domains::accounts::is_revoked,
     fanout::{Member, ResumeFrom, Shape},
 };
 
@@ -51,7 +54,7 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket
         .and_then(Protocol::from_name)
         .unwrap_or(Protocol::TransportWs);
     upgrade.on_upgrade(move |socket| async move {
-        serve(socket, protocol, Arc::new(state)).await;
+        serve(socket, protocol, Arc::new(state), ticket.address()).await;
         drop(ticket);
     })
 }
@@ -120,7 +123,7 @@ impl Outbox {
     }
 }
 
-async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
+async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, address: IpAddr) {
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
@@ -142,7 +145,9 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
         subscriptions: HashMap::new(),
         initialized: false,
         viewer: None,
+        address,
     };
+    let mut revocations = state.revocations.subscribe();
     // Fires when the viewer's token expires.
     let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(expiry);
@@ -171,6 +176,12 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>) {
                 if let Some(viewer) = &session.viewer {
                     let left = (viewer.expires_at - auth::now()).max(0) as u64;
                     expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                }
+            }
+            revocation = revocations.recv(), if session.viewer.is_some() => {
+                if Box::pin(session.hit_by(revocation)).await {
+                    Box::pin(session.unauthenticate("the session was revoked")).await;
+                    break Some((close::FORBIDDEN, "Forbidden: the session was revoked".into()));
                 }
             }
             _ = &mut expiry, if session.viewer.is_some() => {
@@ -220,6 +231,8 @@ struct Session {
     initialized: bool,
     /// From the token in `connection_init` (or a later refresh).
     viewer: Option<Viewer>,
+    /// The client's address (rate limits of anonymous mutations).
+    address: IpAddr,
 }
 
 impl Session {
@@ -238,7 +251,7 @@ impl Session {
             }
             ClientMessage::Init(payload) => {
                 if let Some(value) = authorization(payload.as_ref()) {
-                    match self.state.verifier.verify_bearer(value) {
+                    match self.authenticate(value).await {
                         Ok(viewer) => self.viewer = Some(viewer),
                         Err(error) => {
                             return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
@@ -252,7 +265,7 @@ impl Session {
                 // A ping may carry a fresh token: the connection and its
                 // subscriptions go on under it (same user only).
                 if let Some(value) = authorization(payload.as_ref()) {
-                    match self.state.verifier.verify_bearer(value) {
+                    match self.authenticate(value).await {
                         Ok(fresh)
                             if self
                                 .viewer
@@ -310,6 +323,7 @@ impl Session {
                     outbox: self.outbox.clone(),
                     state: self.state.clone(),
                     viewer: self.viewer.clone(),
+                    address: self.address,
                 };
                 self.subscriptions
                     .insert(id, tokio::spawn(run.run(*request)));
@@ -325,6 +339,36 @@ impl Session {
 }
 
 impl Session {
+    /// A verified token whose session is not revoked.
+    async fn authenticate(&self, bearer: &str) -> Result<Viewer, AuthError> {
+        let viewer = self.state.verifier.verify_bearer(bearer)?;
+        if self.revoked(&viewer).await {
+            return Err(AuthError::Revoked);
+        }
+        Ok(viewer)
+    }
+
+    async fn revoked(&self, viewer: &Viewer) -> bool {
+        match &viewer.session_id {
+            Some(sid) => is_revoked(&self.state.pool, sid).await,
+            None => false,
+        }
+    }
+
+    /// Whether `revocation` ends this connection's session.
+    async fn hit_by(&self, revocation: Result<Revocation, RecvError>) -> bool {
+        let Some(viewer) = &self.viewer else {
+            return false;
+        };
+        match revocation {
+            Ok(Revocation::Session(sid)) => viewer.session_id.as_deref() == Some(sid.as_str()),
+            Ok(Revocation::User(user)) => viewer.user_id == user,
+            // Missed some: ask the database.
+            Ok(Revocation::Recheck) | Err(RecvError::Lagged(_)) => self.revoked(viewer).await,
+            Err(RecvError::Closed) => false,
+        }
+    }
+
     /// Ends every running subscription with an `UNAUTHENTICATED` error.
     async fn unauthenticate(&mut self, reason: &str) {
         let errors = serde_json::json!([{
@@ -361,6 +405,7 @@ struct Subscription {
     state: Arc<AppState>,
     /// Who subscribed; resolvers authorize with it.
     viewer: Option<Viewer>,
+    address: IpAddr,
 }
 
 /// Counts a running subscription for as long as it lives (even aborted).
@@ -391,6 +436,7 @@ impl Subscription {
                 self.shared(member, shape).await
             }
             None => {
+                let request = request.data(self.address);
                 let request = match &self.viewer {
                     Some(viewer) => request.data(viewer.clone()),
                     None => request,
