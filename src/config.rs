@@ -154,6 +154,11 @@ pub struct Config {
     )]
     pub max_connections_per_address: usize,
 
+    /// WebSockets one signed-in user may hold open at once (counted after
+    /// `connection_init`; more are closed with 4429).
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
+
     /// Web origins allowed to open WebSockets (comma-separated, e.g.
     /// `https://app.example.com`), besides the server's own origin. Browsers
     /// always send `Origin`; a WebSocket from any other site is refused
@@ -197,11 +202,17 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a server that uses `database_url`, as tests and embedders
-    /// want it.
+    /// want it, with a random JWT secret.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         let cli = Cli::parse_from(["tidewire"]);
+        let mut bytes = [0u8; 24];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .expect("reading /dev/urandom");
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Config {
             database_url: Some(database_url.into()),
+            jwt_secret: Some(secret),
             ..cli.config
         }
     }

@@ -34,6 +34,19 @@ impl ErrorCode {
     }
 }
 
+/// Gives every error of `response` an `extensions.code`: errors raised
+/// before any resolver ran (syntax, validation, limits, variables) are the
+/// client's input, so `BAD_USER_INPUT`.
+pub fn with_codes(mut response: async_graphql::Response) -> async_graphql::Response {
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", ErrorCode::BadUserInput.as_str());
+        }
+    }
+    response
+}
+
 /// Logs `error` with its detail and returns a generic `INTERNAL` error: no
 /// SQL, path or stack detail reaches the client.
 pub fn internal(error: impl std::fmt::Display) -> async_graphql::Error {

@@ -32,7 +32,7 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::{auth::Viewer, db::Cursor, graphql::TidewireSchema, hub::Hub};
+use crate::{auth::Viewer, db::Cursor, error::with_codes, graphql::TidewireSchema, hub::Hub};
 
 /// Root subscription fields whose streams can be shared.
 const SHAREABLE_FIELDS: &[&str] = &["changes"];
@@ -242,6 +242,7 @@ impl Fanout {
         let mut stream = self.schema.execute_stream(request);
         let mut first = true;
         while let Some(response) = stream.next().await {
+            let response = with_codes(response);
             let failed_start = (first
                 && response.data == GqlValue::Null
                 && !response.errors.is_empty())

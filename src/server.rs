@@ -73,7 +73,11 @@ impl App {
         let verifier = Verifier::new(config.jwt_secret.as_deref(), public_key.as_deref())
             .map_err(ServerError::Auth)?;
         if config.jwt_secret.is_none() && public_key.is_none() {
-            tracing::warn!("no JWT secret or public key configured: every token is refused (TIDEWIRE_JWT_SECRET)");
+            return Err(ServerError::Auth(
+                "set TIDEWIRE_JWT_SECRET (32+ characters) or TIDEWIRE_JWT_PUBLIC_KEY; \
+                 only the embedded development setup generates a secret"
+                    .into(),
+            ));
         }
         wait_for_database(&url, config.connect_timeout).await?;
         migrate(&url).await?;
@@ -178,6 +182,7 @@ impl App {
             revocations,
             admission: Arc::new(Admission::new(
                 self.config.max_connections_per_address,
+                self.config.max_connections_per_user,
                 self.config.allowed_origins.clone(),
             )),
             fanout,

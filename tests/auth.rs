@@ -249,3 +249,116 @@ async fn users_read_only_their_own_rows_of_an_owned_table() {
     ann.assert_quiet(Duration::from_millis(200)).await;
     ben.assert_quiet(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn connections_per_user_are_capped() {
+    let server = TestServer::start_with(|config| {
+        config.jwt_secret = Some(SECRET.into());
+        config.max_connections_per_user = 2;
+    })
+    .await;
+    let _one = client_as(&server, "eve", "user").await;
+    let _two = client_as(&server, "eve", "user").await;
+    let bearer = format!("Bearer {}", token("eve", "user", 600, SECRET));
+    let mut third = GqlClient::init_with(server.addr, json!({"authorization": bearer})).await;
+    let (code, reason) = third.closed().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4429, "too many connections for this user")
+    );
+    // Other users are not affected.
+    let _other = client_as(&server, "fay", "user").await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_to_start_without_a_key() {
+    let mut config = tidewire::config::Config::for_database(common::fresh_database().await);
+    config.jwt_secret = None;
+    let error = tidewire::server::App::prepare(config)
+        .await
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(error.contains("TIDEWIRE_JWT_SECRET"), "{error}");
+}
+
+#[tokio::test]
+async fn injection_shaped_input_in_every_argument_is_just_data() {
+    let server = server().await;
+    let evil = "x'); DROP TABLE items; --";
+    let admin = format!("Bearer {}", token("root", "admin", 600, SECRET));
+    let mut client = GqlClient::init_with(server.addr, json!({"authorization": admin})).await;
+    assert_eq!(client.next_message().await["type"], "connection_ack");
+    let cases = [
+        ("t", CHANGES, json!({"table": evil})),
+        ("w", CHANGES, json!({"table": "items", "where": {evil: 1}})),
+        ("a", CHANGES, json!({"table": "items", "after": evil})),
+        (
+            "c",
+            "subscription($s: Int!) { countdown(seconds: $s) }",
+            json!({"s": evil}),
+        ),
+        (
+            "u",
+            "mutation($e: String!) { signUp(email: $e, password: \"password1\") { token } }",
+            json!({"e": evil}),
+        ),
+        (
+            "i",
+            "mutation($e: String!) { signIn(email: $e, password: $e) { token } }",
+            json!({"e": evil}),
+        ),
+    ];
+    for (id, query, variables) in cases {
+        client.subscribe(id, query, variables).await;
+        let payload = client.next_payload(id).await;
+        let errors = payload["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{id}: {payload}"));
+        for error in errors {
+            let code = error["extensions"]["code"].as_str().unwrap_or_default();
+            assert!(
+                ["BAD_USER_INPUT", "UNAUTHENTICATED"].contains(&code),
+                "{id}: {payload}"
+            );
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.contains("SQL") && !message.contains("postgres"),
+                "{id}: {payload}"
+            );
+        }
+    }
+    // As an id it is a parameter value: no session has it.
+    client
+        .subscribe(
+            "r",
+            "mutation($u: ID!) { revokeSessions(userId: $u) }",
+            json!({"u": evil}),
+        )
+        .await;
+    assert_eq!(client.next_item("r", "revokeSessions").await, 0);
+    assert_eq!(
+        client.next_message().await,
+        json!({"id": "r", "type": "complete"})
+    );
+    // As a `where` value it is data compared in memory: it matches nothing.
+    client
+        .subscribe(
+            "v",
+            CHANGES,
+            json!({"table": "items", "where": {"id": {"_eq": evil}}}),
+        )
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    // Nothing was dropped; the table still works.
+    server.sql("INSERT INTO items VALUES (5)").await;
+    client.assert_quiet(Duration::from_millis(300)).await;
+    let count: i64 = server
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+}

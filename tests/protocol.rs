@@ -109,6 +109,10 @@ async fn bad_graphql_gets_an_error_and_the_other_subscription_goes_on() {
         .subscribe("syntax", "subscription { changes(table: ", json!({}))
         .await;
     let payload = client.next_payload("syntax").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{payload}"
+    );
     assert!(
         payload["errors"][0]["message"]
             .as_str()
@@ -176,6 +180,10 @@ async fn queries_past_the_depth_and_complexity_limits_are_refused() {
         .as_str()
         .unwrap_or_default();
     assert!(message.contains("nested too deep"), "{response}");
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"],
+        "BAD_USER_INPUT"
+    );
 
     let wide: String = (0..60).map(|i| format!("a{i}: trackedTables ")).collect();
     let response = server.post(&format!("{{ {wide} }}"), json!({})).await;

@@ -1,8 +1,10 @@
 //! `Admission`: who may open a WebSocket — the origin allow-list against
-//! cross-site WebSocket hijacking, and a cap on connections per address.
+//! cross-site WebSocket hijacking, and caps on connections per address and
+//! per user.
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -14,10 +16,46 @@ use axum::{
 
 #[derive(Debug)]
 pub struct Admission {
-    per_address: usize,
     /// Origins allowed besides the server's own.
     origins: Vec<String>,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    addresses: Slots<IpAddr>,
+    users: Slots<String>,
+}
+
+/// Counts open connections per key, up to a limit.
+#[derive(Debug)]
+struct Slots<K> {
+    limit: usize,
+    open: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> Slots<K> {
+    fn new(limit: usize) -> Self {
+        Slots {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, key: &K) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn give_back(&self, key: &K) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(key);
+            }
+        }
+    }
 }
 
 /// Why an upgrade was refused.
@@ -60,26 +98,41 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut open = self.admission.lock();
-        if let Some(count) = open.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.address);
-            }
-        }
+        self.admission.addresses.give_back(&self.address);
+    }
+}
+
+/// One connection counted against its user; gives its place back on drop.
+#[derive(Debug)]
+pub struct UserTicket {
+    admission: Arc<Admission>,
+    user: String,
+}
+
+impl Drop for UserTicket {
+    fn drop(&mut self) {
+        self.admission.users.give_back(&self.user);
     }
 }
 
 impl Admission {
-    pub fn new(per_address: usize, origins: Vec<String>) -> Self {
+    pub fn new(per_address: usize, per_user: usize, origins: Vec<String>) -> Self {
         Admission {
-            per_address,
             origins: origins
                 .into_iter()
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .collect(),
-            open: Mutex::new(HashMap::new()),
+            addresses: Slots::new(per_address),
+            users: Slots::new(per_user),
         }
+    }
+
+    /// Counts a connection against `user` (once it has authenticated).
+    pub fn admit_user(self: &Arc<Self>, user: &str) -> Option<UserTicket> {
+        self.users.take(&user.to_owned()).then(|| UserTicket {
+            admission: self.clone(),
+            user: user.to_owned(),
+        })
     }
 
     pub fn admit(
@@ -90,12 +143,9 @@ impl Admission {
         if !self.origin_allowed(headers) {
             return Err(Refusal::Origin);
         }
-        let mut open = self.lock();
-        let count = open.entry(address).or_insert(0);
-        if *count >= self.per_address {
+        if !self.addresses.take(&address) {
             return Err(Refusal::TooMany);
         }
-        *count += 1;
         Ok(Ticket {
             admission: self.clone(),
             address,
@@ -120,10 +170,6 @@ impl Admission {
             .or_else(|| origin.strip_prefix("https://"));
         matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 #[cfg(test)]
@@ -146,7 +192,11 @@ mod tests {
 
     #[test]
     fn origins() {
-        let admission = Arc::new(Admission::new(10, vec!["https://app.example.com/".into()]));
+        let admission = Arc::new(Admission::new(
+            10,
+            10,
+            vec!["https://app.example.com/".into()],
+        ));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(
             admission.admit(&headers(None), ip).is_ok(),
@@ -172,7 +222,7 @@ mod tests {
 
     #[test]
     fn connections_per_address_are_counted_and_given_back() {
-        let admission = Arc::new(Admission::new(2, Vec::new()));
+        let admission = Arc::new(Admission::new(2, 1, Vec::new()));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = admission.admit(&headers(None), a).unwrap();
@@ -187,5 +237,11 @@ mod tests {
         );
         drop(first);
         assert!(admission.admit(&headers(None), a).is_ok());
+
+        let ann = admission.admit_user("ann").unwrap();
+        assert!(admission.admit_user("ann").is_none());
+        assert!(admission.admit_user("ben").is_some());
+        drop(ann);
+        assert!(admission.admit_user("ann").is_some());
     }
 }

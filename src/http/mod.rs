@@ -35,6 +35,7 @@ use crate::{
     auth::{AuthError, Verifier},
     db::{ListenerStatus, Revocation},
     domains::countdown::Countdowns,
+    error::with_codes,
     fanout::Fanout,
     graphql::TidewireSchema,
     hub::Hub,
@@ -124,7 +125,7 @@ async fn graphql_post(
             }
         }
     }
-    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+    GraphQLResponse::from(with_codes(state.schema.execute(request).await)).into_response()
 }
 
 /// A WebSocket upgrade starts a subscription socket; a browser gets GraphiQL.

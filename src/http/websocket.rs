@@ -27,7 +27,7 @@ use tokio::{
 };
 
 use super::{
-    admission::Ticket,
+    admission::{Ticket, UserTicket},
     protocol::{close, quote, ClientMessage, Frames, Protocol},
     AppState,
 };
@@ -35,6 +35,7 @@ use crate::{
     auth::{self, AuthError, Viewer},
     db::Revocation,
     domains::accounts::is_revoked,
+    error::with_codes,
     fanout::{Member, ResumeFrom, Shape},
 };
 
@@ -146,6 +147,7 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
         initialized: false,
         viewer: None,
         address,
+        user_ticket: None,
     };
     let mut revocations = state.revocations.subscribe();
     // Fires when the viewer's token expires.
@@ -233,6 +235,8 @@ struct Session {
     viewer: Option<Viewer>,
     /// The client's address (rate limits of anonymous mutations).
     address: IpAddr,
+    /// Counts this connection against its user while it lives.
+    user_ticket: Option<UserTicket>,
 }
 
 impl Session {
@@ -252,7 +256,18 @@ impl Session {
             ClientMessage::Init(payload) => {
                 if let Some(value) = authorization(payload.as_ref()) {
                     match self.authenticate(value).await {
-                        Ok(viewer) => self.viewer = Some(viewer),
+                        Ok(viewer) => {
+                            match self.state.admission.admit_user(&viewer.user_id) {
+                                Some(ticket) => self.user_ticket = Some(ticket),
+                                None => {
+                                    return Some((
+                                        close::TOO_MANY_INITS,
+                                        "too many connections for this user".into(),
+                                    ))
+                                }
+                            }
+                            self.viewer = Some(viewer);
+                        }
                         Err(error) => {
                             return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
                         }
@@ -458,6 +473,7 @@ impl Subscription {
         let mut stream = self.state.fanout.schema().execute_stream(request);
         let mut first = true;
         while let Some(response) = stream.next().await {
+            let response = with_codes(response);
             if first && response.data == GqlValue::Null && !response.errors.is_empty() {
                 let errors = serde_json::to_string(&response.errors).unwrap_or_default();
                 self.outbox
