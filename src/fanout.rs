@@ -159,7 +159,7 @@ struct Group {
 pub struct Fanout {
     schema: TidewireSchema,
     hub: Arc<Hub>,
-    groups: Mutex<HashMap<Shape, Group>>,
+    groups: Mutex<HashMap<Arc<Shape>, Group>>,
     /// Results buffered per group before a slow member falls out.
     capacity: usize,
     generations: AtomicU64,
@@ -200,9 +200,11 @@ impl Fanout {
     pub fn join(self: &Arc<Self>, shape: Shape) -> Member {
         let start = self.hub.published();
         let mut groups = self.lock();
-        let receiver = match groups.get(&shape) {
-            Some(group) => group.sender.subscribe(),
+        let (shape, receiver) = match groups.get_key_value(&shape) {
+            // Members share the group's copy of the shape.
+            Some((key, group)) => (key.clone(), group.sender.subscribe()),
             None => {
+                let shape = Arc::new(shape);
                 let (sender, receiver) = broadcast::channel(self.capacity);
                 let generation = self.generations.fetch_add(1, Ordering::Relaxed);
                 let task = tokio::spawn(self.clone().execute(
@@ -218,7 +220,7 @@ impl Fanout {
                         generation,
                     },
                 );
-                receiver
+                (shape, receiver)
             }
         };
         Member {
@@ -232,7 +234,7 @@ impl Fanout {
     /// Runs one shared execution until its stream ends or nobody listens.
     async fn execute(
         self: Arc<Self>,
-        shape: Shape,
+        shape: Arc<Shape>,
         sender: broadcast::Sender<Arc<SharedItem>>,
         generation: u64,
     ) {
@@ -266,7 +268,7 @@ impl Fanout {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shape, Group>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<Shape>, Group>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -274,7 +276,7 @@ impl Fanout {
 /// One subscriber of a shared execution; leaves the group on drop.
 pub struct Member {
     fanout: Arc<Fanout>,
-    shape: Shape,
+    shape: Arc<Shape>,
     receiver: Option<broadcast::Receiver<Arc<SharedItem>>>,
     /// Hub position when the member joined: where to resume from if it
     /// falls behind before receiving anything.
@@ -282,6 +284,10 @@ pub struct Member {
 }
 
 impl Member {
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
     pub async fn recv(&mut self) -> Result<Arc<SharedItem>, RecvError> {
         match self.receiver.as_mut() {
             Some(receiver) => receiver.recv().await,

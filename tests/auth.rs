@@ -369,11 +369,29 @@ async fn tokens_of_another_issuer_verify_with_its_rs256_public_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let (private, public) = (dir.join("key.pem"), dir.join("pub.pem"));
     let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl").args(args).status().expect("openssl");
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("openssl");
         assert!(status.success());
     };
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private.to_str().unwrap()]);
-    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
     let public_pem = std::fs::read(&public).unwrap();
     let server = TestServer::start_with(|config| {
         config.jwt_secret = None;
@@ -389,15 +407,27 @@ async fn tokens_of_another_issuer_verify_with_its_rs256_public_key() {
     )
     .unwrap();
     let (status, body) = server.post_as(&rs256, "{ me { id } }").await;
-    assert_eq!((status, body["data"]["me"]["id"].as_str()), (200, Some("ext-1")), "{body}");
+    assert_eq!(
+        (status, body["data"]["me"]["id"].as_str()),
+        (200, Some("ext-1")),
+        "{body}"
+    );
 
     // Algorithm confusion: HS256 "signed" with the public key as secret.
-    let confused = encode(&Header::default(), &claims, &EncodingKey::from_secret(&public_pem)).unwrap();
+    let confused = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
     let (status, _) = server.post_as(&confused, "{ me { id } }").await;
     assert_eq!(status, 401);
     // This server issues no tokens of its own.
     let response = server
-        .post("mutation { signIn(email: \"a@example.com\", password: \"password1\") { token } }", json!({}))
+        .post(
+            "mutation { signIn(email: \"a@example.com\", password: \"password1\") { token } }",
+            json!({}),
+        )
         .await;
     assert!(response["errors"].is_array(), "{response}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -53,6 +53,12 @@ async fn subscribe_before_init_closes_with_4401_and_silence_with_4408() {
         .await;
     assert_eq!(early.closed().await.0, 4401);
 
+    // An initialized connection outlives the init timeout.
+    let mut ok = server.ws().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ok.send(json!({"type": "ping"})).await;
+    assert_eq!(ok.next_message().await["type"], "pong");
+
     let mut silent = GqlClient::open(server.addr, "graphql-transport-ws").await;
     let (code, reason) = silent.closed().await;
     assert_eq!(

@@ -138,7 +138,13 @@ fn signed_in<'a>(ctx: &Context<'a>) -> Result<&'a Viewer> {
 fn limit(ctx: &Context<'_>) -> Result<()> {
     let limiter = ctx.data_unchecked::<std::sync::Arc<RateLimiter>>();
     let key = match (ctx.data_opt::<Viewer>(), ctx.data_opt::<std::net::IpAddr>()) {
-        (Some(Viewer { session_id: Some(sid), .. }), _) => format!("session:{sid}"),
+        (
+            Some(Viewer {
+                session_id: Some(sid),
+                ..
+            }),
+            _,
+        ) => format!("session:{sid}"),
         (Some(viewer), _) => format!("user:{}", viewer.user_id),
         (None, Some(ip)) => format!("ip:{ip}"),
         (None, None) => "anonymous".to_owned(),

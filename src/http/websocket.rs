@@ -11,6 +11,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    pin::Pin,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -22,8 +23,12 @@ use axum::{
 };
 use futures_util::{stream::SplitSink, SinkExt, StreamExt};
 use tokio::{
-    sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit, Semaphore},
+    sync::{
+        broadcast::{self, error::RecvError},
+        mpsc, OwnedSemaphorePermit, Semaphore,
+    },
     task::JoinHandle,
+    time::Sleep,
 };
 
 use super::{
@@ -148,15 +153,17 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
         viewer: None,
         address,
         user_ticket: None,
+        revocations: None,
     };
-    let mut revocations = state.revocations.subscribe();
-    // Fires when the viewer's token expires.
-    let expiry = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-    tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval(state.keepalive);
     keepalive.reset();
-    let init_deadline = tokio::time::sleep(state.init_timeout);
-    tokio::pin!(init_deadline);
+    // Before `connection_init`: its timeout; after: the token's expiry, if
+    // signed in. Boxed and optional so an anonymous idle socket holds no
+    // timer.
+    let mut deadline: Option<Pin<Box<Sleep>>> =
+        Some(Box::pin(tokio::time::sleep(state.init_timeout)));
+    // The expiry the deadline stands for; `Some(None)` = none after init.
+    let mut deadline_for: Option<Option<i64>> = None;
     let mut shutdown = state.shutdown.clone();
 
     let ending: Option<(u16, String)> = loop {
@@ -175,23 +182,27 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
                 if let Some(ending) = Box::pin(session.handle(&text)).await {
                     break Some(ending);
                 }
-                if let Some(viewer) = &session.viewer {
-                    let left = (viewer.expires_at - auth::now()).max(0) as u64;
-                    expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                let expires = session.viewer.as_ref().map(|v| v.expires_at);
+                if session.initialized && deadline_for != Some(expires) {
+                    deadline_for = Some(expires);
+                    deadline = expires.map(|at| {
+                        let left = Duration::from_secs((at - auth::now()).max(0) as u64);
+                        Box::pin(tokio::time::sleep(left))
+                    });
                 }
             }
-            revocation = revocations.recv(), if session.viewer.is_some() => {
+            revocation = next_revocation(&mut session.revocations) => {
                 if Box::pin(session.hit_by(revocation)).await {
                     Box::pin(session.unauthenticate("the session was revoked")).await;
                     break Some((close::FORBIDDEN, "Forbidden: the session was revoked".into()));
                 }
             }
-            _ = &mut expiry, if session.viewer.is_some() => {
+            _ = until(&mut deadline) => {
+                if !session.initialized {
+                    break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+                }
                 Box::pin(session.unauthenticate("the token has expired")).await;
                 break Some((close::FORBIDDEN, "Forbidden: the token has expired".into()));
-            }
-            _ = &mut init_deadline, if !session.initialized => {
-                break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
             _ = keepalive.tick() => {
                 let ping = match session.frames.keepalive() {
@@ -217,6 +228,24 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
     state.sockets.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Waits for the deadline, or forever without one.
+async fn until(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next revocation, or never for an anonymous connection.
+async fn next_revocation(
+    revocations: &mut Option<broadcast::Receiver<Revocation>>,
+) -> Result<Revocation, RecvError> {
+    match revocations {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An oversized message closes with 1009; other read errors just end.
 fn too_big(error: &axum::Error) -> Option<(u16, String)> {
     let text = error.to_string();
@@ -237,6 +266,8 @@ struct Session {
     address: IpAddr,
     /// Counts this connection against its user while it lives.
     user_ticket: Option<UserTicket>,
+    /// Revocations heard by this node, once a token was presented.
+    revocations: Option<broadcast::Receiver<Revocation>>,
 }
 
 impl Session {
@@ -355,7 +386,11 @@ impl Session {
 
 impl Session {
     /// A verified token whose session is not revoked.
-    async fn authenticate(&self, bearer: &str) -> Result<Viewer, AuthError> {
+    async fn authenticate(&mut self, bearer: &str) -> Result<Viewer, AuthError> {
+        // Listen before checking, so a revocation in between is heard.
+        if self.revocations.is_none() {
+            self.revocations = Some(self.state.revocations.subscribe());
+        }
         let viewer = self.state.verifier.verify_bearer(bearer)?;
         if self.revoked(&viewer).await {
             return Err(AuthError::Revoked);
@@ -447,8 +482,9 @@ impl Subscription {
         let _running = Running::new(&self.state);
         let result = match Shape::of(&request, self.viewer.as_ref()) {
             Some(shape) => {
-                let member = self.state.fanout.join(shape.clone());
-                self.shared(member, shape).await
+                drop(request);
+                let member = self.state.fanout.join(shape);
+                self.shared(member).await
             }
             None => {
                 let request = request.data(self.address);
@@ -491,7 +527,7 @@ impl Subscription {
     }
 
     /// A member of a shared execution: splice the id into shared bytes.
-    async fn shared(&self, mut member: Member, shape: Shape) -> Result<bool, Closed> {
+    async fn shared(&self, mut member: Member) -> Result<bool, Closed> {
         let mut last = member.start;
         loop {
             match member.recv().await {
@@ -511,9 +547,9 @@ impl Subscription {
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Too slow for the group: go on alone from the log.
+                    let request = member.shape().request().data(ResumeFrom(last));
                     drop(member);
                     self.state.hub.count_catchup();
-                    let request = shape.request().data(ResumeFrom(last));
                     return Box::pin(self.alone(request)).await;
                 }
                 Err(RecvError::Closed) => return Ok(true),
