@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from bench/results.jsonl (after bench/run.sh and
+bench/plot.py). Standard library only."""
+import json
+import pathlib
+
+here = pathlib.Path(__file__).parent
+rows = {}
+for line in (here / "results.jsonl").read_text().splitlines():
+    if line.strip():
+        run = json.loads(line)
+        rows[run["label"]] = run
+
+
+def lat(run, key):
+    value = run["latency_ms"][key]
+    return ">2000" if value >= 2000 else f"{value:.1f}"
+
+
+def kib(run):
+    return f"{run['server_bytes_per_connection'] / 1024:.1f}"
+
+
+c = lambda n: rows[f"curve-{n}"]
+h, l1, l2, l3 = rows["hold-19000"], rows["latency-1000x1000"], rows["latency-100x1000"], rows["latency-1000x100"]
+w, wd, ch = rows["writes-8"], rows["writes-8-durable"], rows["churn-10000"]
+met = lambda ok: "yes" if ok else "**no**"
+curve_rows = "\n".join(
+    f"| {n:,} | {c(n)['deliveries']:,} / {c(n)['deliveries_expected']:,} | {c(n)['deliveries_per_second']:,.0f} "
+    f"| {lat(c(n), 'p50')} | {lat(c(n), 'p99')} | {c(n)['missing']} / {c(n)['duplicates_or_out_of_order']} | {kib(c(n))} |"
+    for n in [1000, 5000, 10000, 19000]
+)
+template = (here / "BENCHMARKS.template.md").read_text()
+values = dict(
+    hold_kib=kib(h), hold_ok=met(h["server_bytes_per_connection"] <= 8192 and h["failed_connections"] == 0),
+    c19_rate=f"{c(19000)['deliveries_per_second']:,.0f}", c19_n=f"{c(19000)['deliveries']:,}",
+    c10_rate=f"{c(10000)['deliveries_per_second']:,.0f}", l1_rate=f"{l1['deliveries_per_second']:,.0f}",
+    fan_ok=met(max(c(19000)["deliveries_per_second"], l1["deliveries_per_second"]) >= 200000),
+    l1_p99=lat(l1, "p99"), l1_p50=lat(l1, "p50"), l2_p99=lat(l2, "p99"), l3_p99=lat(l3, "p99"),
+    l1_ok=met(l1["latency_ms"]["p99"] <= 10),
+    c10_p99=lat(c(10000), "p99"), c10_p50=lat(c(10000), "p50"), c1_p99=lat(c(1000), "p99"),
+    c10_ok=met(c(10000)["latency_ms"]["p99"] <= 25),
+    w_rate=f"{w['commits_per_second']:,.0f}", w_n=f"{w['delivered']:,}", wd_rate=f"{wd['commits_per_second']:,.0f}",
+    w_ok=met(w["commits_per_second"] >= 10000),
+    ch_rate=f"{ch['connect_init_subscribe_per_second']:,.0f}", ch_ok=met(ch["connect_init_subscribe_per_second"] >= 5000),
+    curve_rows=curve_rows,
+)
+(here.parent / "BENCHMARKS.md").write_text(template.format(**values))
+print("wrote BENCHMARKS.md")
