@@ -9,7 +9,11 @@ use deadpool_postgres::Pool;
 use crate::{
     auth::{AuthQuery, Issuer},
     db::{ChangeLog, PageLimit},
-    domains::accounts::AccountsMutation,
+    domains::{
+        accounts::AccountsMutation,
+        notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
+        stocks::{StocksMutation, StocksQuery, StocksSubscription},
+    },
     domains::{
         changes::{ChangesQuery, ChangesSubscription},
         countdown::{CountdownSubscription, Countdowns},
@@ -19,13 +23,18 @@ use crate::{
 };
 
 #[derive(MergedObject, Default)]
-pub struct Query(ChangesQuery, AuthQuery);
+pub struct Query(ChangesQuery, AuthQuery, NotificationsQuery, StocksQuery);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(ChangesSubscription, CountdownSubscription);
+pub struct Subscription(
+    ChangesSubscription,
+    CountdownSubscription,
+    NotificationsSubscription,
+    StocksSubscription,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation);
+pub struct Mutation(AccountsMutation, NotificationsMutation, StocksMutation);
 
 pub type TidewireSchema = Schema<Query, Mutation, Subscription>;
 

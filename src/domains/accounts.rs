@@ -135,7 +135,7 @@ fn signed_in<'a>(ctx: &Context<'a>) -> Result<&'a Viewer> {
 
 /// Mutations per session (or user, or signed-out address) per second
 /// (`RATE_LIMITED` beyond).
-fn limit(ctx: &Context<'_>) -> Result<()> {
+pub(crate) fn limit(ctx: &Context<'_>) -> Result<()> {
     let limiter = ctx.data_unchecked::<std::sync::Arc<RateLimiter>>();
     let key = match (ctx.data_opt::<Viewer>(), ctx.data_opt::<std::net::IpAddr>()) {
         (

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Json, Object, Result, Subscription};
 use chrono::{DateTime, Utc};
-use futures_util::{stream, Stream};
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::{
@@ -110,14 +110,23 @@ impl ChangesSubscription {
             .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
 
         let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page);
-        let state = ChangeStream {
-            feed,
-            filter,
-            owner,
-            table: tracked.name,
-            probe,
+        // A topic may carry several tables (track(..., topic)): keep this one.
+        let table = tracked.name;
+        let keep = move |change: &Change| {
+            change.table == table
+                && filter.as_ref().is_none_or(|f| f.matches(change))
+                && owner
+                    .as_ref()
+                    .is_none_or(|(column, user)| owned_by(change, column, user))
         };
-        Ok(stream::unfold(state, ChangeStream::next))
+        Ok(feed.into_stream(keep).map(move |item| {
+            let change =
+                item.map_err(|expired| ErrorCode::CursorExpired.error(expired.to_string()))?;
+            if let Some(probe) = &probe {
+                probe.set(change.cursor);
+            }
+            Ok(RowChange(change))
+        }))
     }
 }
 
@@ -139,7 +148,7 @@ fn access(table: &TrackedTable, viewer: Option<&Viewer>) -> Result<Option<(Strin
 }
 
 /// Whether the change's new or old row belongs to `user`.
-fn owned_by(change: &Change, column: &str, user: &str) -> bool {
+pub(crate) fn owned_by(change: &Change, column: &str, user: &str) -> bool {
     [&change.row, &change.old_row]
         .into_iter()
         .flatten()
@@ -148,41 +157,4 @@ fn owned_by(change: &Change, column: &str, user: &str) -> bool {
             Some(Value::Number(owner)) => owner.to_string() == user,
             _ => false,
         })
-}
-
-/// State of one `changes` stream.
-struct ChangeStream {
-    feed: Feed,
-    filter: Option<RowFilter>,
-    /// Only rows whose `.0` column holds `.1` (a user reading an owned table).
-    owner: Option<(String, String)>,
-    /// A topic may carry several tables (track(..., topic)): keep this one.
-    table: String,
-    probe: Option<CursorProbe>,
-}
-
-impl ChangeStream {
-    async fn next(mut self) -> Option<(Result<RowChange>, Self)> {
-        loop {
-            let change = match self.feed.next().await? {
-                Ok(change) => change,
-                Err(expired) => {
-                    let error = ErrorCode::CursorExpired.error(expired.to_string());
-                    return Some((Err(error), self));
-                }
-            };
-            if change.table == self.table
-                && self.filter.as_ref().is_none_or(|f| f.matches(&change))
-                && self
-                    .owner
-                    .as_ref()
-                    .is_none_or(|(column, user)| owned_by(&change, column, user))
-            {
-                if let Some(probe) = &self.probe {
-                    probe.set(change.cursor);
-                }
-                return Some((Ok(RowChange(change)), self));
-            }
-        }
-    }
 }

@@ -4,3 +4,5 @@
 pub mod accounts;
 pub mod changes;
 pub mod countdown;
+pub mod notifications;
+pub mod stocks;

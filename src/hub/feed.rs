@@ -8,6 +8,7 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+use futures_util::{stream, Stream};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Subscription;
@@ -56,6 +57,22 @@ impl Feed {
             limit,
             expired: false,
         }
+    }
+
+    /// The feed as a stream of the changes `keep` accepts; after a
+    /// `CursorExpired` item it ends.
+    pub fn into_stream(
+        self,
+        keep: impl Fn(&Change) -> bool + Send + 'static,
+    ) -> impl Stream<Item = Result<Arc<Change>, CursorExpired>> + Send {
+        stream::unfold((self, keep), |(mut feed, keep)| async move {
+            loop {
+                match feed.next().await? {
+                    Ok(change) if !keep(&change) => continue,
+                    item => return Some((item, (feed, keep))),
+                }
+            }
+        })
     }
 
     /// The next change in commit order. After `CursorExpired` the feed ends.

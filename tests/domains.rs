@@ -1,0 +1,243 @@
+//! Built-in domain streams over the real WebSocket: notifications (only
+//! your own; throttled; batched) and stock prices (current first, then
+//! updates; throttled to the newest).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for_subscribers, GqlClient, TestServer};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const SECRET: &str = "domains-secret-domains-secret-000001";
+
+fn token(sub: &str, role: &str) -> String {
+    let claims = json!({"sub": sub, "role": role, "exp": tidewire::auth::now() + 600});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn server() -> TestServer {
+    TestServer::start_with(|config| config.jwt_secret = Some(SECRET.into())).await
+}
+
+async fn client_as(server: &TestServer, sub: &str, role: &str) -> GqlClient {
+    let bearer = format!("Bearer {}", token(sub, role));
+    let mut client = GqlClient::init_with(server.addr, json!({"authorization": bearer})).await;
+    assert_eq!(client.next_message().await["type"], "connection_ack");
+    client
+}
+
+async fn as_admin(server: &TestServer, query: &str, variables: Value) -> Value {
+    reqwest::Client::new()
+        .post(server.url("/graphql"))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("root", "admin")),
+        )
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+const SEND: &str = "mutation($u: ID!, $t: String!) { sendNotification(userId: $u, title: $t, message: \"m\") { id } }";
+const PUBLISH: &str =
+    "mutation($s: String!, $v: Float!) { publishStockPrice(symbol: $s, value: $v) }";
+
+#[tokio::test]
+async fn users_receive_only_their_own_notifications() {
+    let server = server().await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    let mut ben = client_as(&server, "ben", "user").await;
+    let sub = "subscription { notifications { title userId cursor } }";
+    ann.subscribe("n", sub, json!({})).await;
+    ben.subscribe("n", sub, json!({})).await;
+    wait_for_subscribers(&server, 2).await;
+    for (user, title) in [("ann", "a1"), ("ben", "b1"), ("ann", "a2")] {
+        let sent = as_admin(&server, SEND, json!({"u": user, "t": title})).await;
+        assert!(sent["data"]["sendNotification"]["id"].is_string(), "{sent}");
+    }
+    assert_eq!(ann.next_item("n", "notifications").await["title"], "a1");
+    assert_eq!(ann.next_item("n", "notifications").await["title"], "a2");
+    let b = ben.next_item("n", "notifications").await;
+    assert_eq!(
+        (b["title"].as_str(), b["userId"].as_str()),
+        (Some("b1"), Some("ben"))
+    );
+    ben.assert_quiet(Duration::from_millis(300)).await;
+
+    // Not an admin: no reading others', no sending.
+    ben.subscribe(
+        "x",
+        "subscription { notifications(userId: \"ann\") { title } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        ben.next_payload("x").await["errors"][0]["extensions"]["code"],
+        "FORBIDDEN"
+    );
+    ben.subscribe("s", SEND, json!({"u": "ann", "t": "spam"}))
+        .await;
+    assert_eq!(
+        ben.next_payload("s").await["errors"][0]["extensions"]["code"],
+        "FORBIDDEN"
+    );
+
+    // The query pages through one's own, and marking read is for the owner.
+    ann.subscribe(
+        "q",
+        "{ notifications(first: 1) { id title read } }",
+        json!({}),
+    )
+    .await;
+    let newest = ann.next_item("q", "notifications").await;
+    assert_eq!(newest[0]["title"], "a2");
+    let id = newest[0]["id"].clone();
+    ben.subscribe(
+        "m",
+        "mutation($i: ID!) { markNotificationRead(id: $i) { read } }",
+        json!({"i": id}),
+    )
+    .await;
+    assert_eq!(
+        ben.next_payload("m").await["errors"][0]["extensions"]["code"],
+        "NOT_FOUND"
+    );
+    ann.subscribe(
+        "m",
+        "mutation($i: ID!) { markNotificationRead(id: $i) { read } }",
+        json!({"i": id}),
+    )
+    .await;
+    assert_eq!(
+        ann.next_item("m", "markNotificationRead").await["read"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn notification_batches_go_out_full_or_after_the_wait() {
+    let server = server().await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    ann.subscribe(
+        "b",
+        "subscription { notificationBatches(maxSize: 3, maxWaitMs: 400) { title } }",
+        json!({}),
+    )
+    .await;
+    wait_for_subscribers(&server, 1).await;
+    for title in ["1", "2", "3", "4"] {
+        as_admin(&server, SEND, json!({"u": "ann", "t": title})).await;
+    }
+    let titles = |batch: Value| -> Vec<String> {
+        batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        titles(ann.next_item("b", "notificationBatches").await),
+        ["1", "2", "3"]
+    );
+    // The fourth waits for maxWaitMs, alone.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        titles(ann.next_item("b", "notificationBatches").await),
+        ["4"]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn stock_sends_the_current_price_first_then_updates() {
+    let server = server().await;
+    assert_eq!(
+        as_admin(&server, PUBLISH, json!({"s": "ACME", "v": 10.0})).await["data"]
+            ["publishStockPrice"],
+        true
+    );
+    as_admin(&server, PUBLISH, json!({"s": "ACME", "v": 12.5})).await;
+    as_admin(&server, PUBLISH, json!({"s": "OTHER", "v": 1.0})).await;
+    let mut client = server.ws().await;
+    client
+        .subscribe(
+            "s",
+            "subscription { stock(symbol: \"acme\") { symbol value change } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        client.next_item("s", "stock").await,
+        json!({"symbol": "ACME", "value": 12.5, "change": 2.5})
+    );
+    wait_for_subscribers(&server, 1).await;
+    as_admin(&server, PUBLISH, json!({"s": "OTHER", "v": 2.0})).await;
+    as_admin(&server, PUBLISH, json!({"s": "ACME", "v": 11.0})).await;
+    assert_eq!(
+        client.next_item("s", "stock").await,
+        json!({"symbol": "ACME", "value": 11.0, "change": -1.5})
+    );
+    client.assert_quiet(Duration::from_millis(300)).await;
+
+    let denied = reqwest::Client::new()
+        .post(server.url("/graphql"))
+        .header("authorization", format!("Bearer {}", token("ann", "user")))
+        .json(&json!({"query": PUBLISH, "variables": {"s": "ACME", "v": 1.0}}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(denied["errors"][0]["extensions"]["code"], "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn a_throttled_stock_stream_ends_each_interval_on_the_newest_price() {
+    let server = server().await;
+    as_admin(&server, PUBLISH, json!({"s": "TICK", "v": 1.0})).await;
+    let mut client = server.ws().await;
+    client
+        .subscribe(
+            "s",
+            "subscription { stock(symbol: \"TICK\", throttleMs: 500) { value } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(client.next_item("s", "stock").await["value"], 1.0);
+    wait_for_subscribers(&server, 1).await;
+    for value in 2..=6 {
+        as_admin(&server, PUBLISH, json!({"s": "TICK", "v": value as f64})).await;
+    }
+    // Within the first interval after the snapshot at most one more item
+    // goes out; by the end the newest (6) has arrived and nothing after it.
+    let mut values = Vec::new();
+    while values.last() != Some(&6.0) {
+        values.push(
+            client.next_item("s", "stock").await["value"]
+                .as_f64()
+                .unwrap(),
+        );
+    }
+    assert!(
+        values.len() <= 3,
+        "throttled to at most one per interval: {values:?}"
+    );
+    client.assert_quiet(Duration::from_millis(700)).await;
+}
