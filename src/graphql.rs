@@ -11,6 +11,7 @@ use crate::{
     db::{ChangeLog, PageLimit},
     domains::{
         accounts::AccountsMutation,
+        dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription, Traffic},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
     },
@@ -23,7 +24,13 @@ use crate::{
 };
 
 #[derive(MergedObject, Default)]
-pub struct Query(ChangesQuery, AuthQuery, NotificationsQuery, StocksQuery);
+pub struct Query(
+    ChangesQuery,
+    AuthQuery,
+    NotificationsQuery,
+    StocksQuery,
+    DashboardQuery,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(
@@ -31,10 +38,16 @@ pub struct Subscription(
     CountdownSubscription,
     NotificationsSubscription,
     StocksSubscription,
+    DashboardSubscription,
 );
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, NotificationsMutation, StocksMutation);
+pub struct Mutation(
+    AccountsMutation,
+    NotificationsMutation,
+    StocksMutation,
+    DashboardMutation,
+);
 
 pub type TidewireSchema = Schema<Query, Mutation, Subscription>;
 
@@ -62,6 +75,7 @@ pub struct Services {
     /// Signs tokens; absent when only an external issuer's key is set.
     pub issuer: Option<Issuer>,
     pub rate_limiter: Arc<RateLimiter>,
+    pub traffic: Arc<Traffic>,
 }
 
 pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
@@ -77,6 +91,7 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
     .data(services.countdowns)
     .data(services.pool)
     .data(services.rate_limiter)
+    .data(services.traffic)
     .data(limits);
     match services.issuer {
         Some(issuer) => schema.data(issuer).finish(),

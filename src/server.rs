@@ -21,7 +21,7 @@ use crate::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
         ListenerStatus, PageLimit, Pruner, Watchdog,
     },
-    domains::countdown::Countdowns,
+    domains::{countdown::Countdowns, dashboard::Traffic},
     fanout::Fanout,
     graphql::{build_schema, Limits, Services},
     http::{router, Admission, AppState, RateLimiter},
@@ -102,6 +102,7 @@ impl App {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (revocations, _) = broadcast::channel(1024);
+        let stop_rx_presence = stop_rx.clone();
         let status = Arc::new(ListenerStatus::default());
         let listener_task = tokio::spawn(
             Listener {
@@ -138,6 +139,7 @@ impl App {
             .run(stop_rx.clone()),
         );
         let countdowns = Arc::new(Countdowns::default());
+        let traffic = Arc::new(Traffic::default());
         let schema = build_schema(
             Services {
                 log: self.log.clone(),
@@ -150,6 +152,7 @@ impl App {
                     .as_deref()
                     .map(|secret| Issuer::new(secret, self.config.token_ttl.as_secs() as i64)),
                 rate_limiter: Arc::new(RateLimiter::new(self.config.mutations_per_second)),
+                traffic: traffic.clone(),
             },
             Limits {
                 page: PageLimit {
@@ -178,6 +181,7 @@ impl App {
             keepalive: self.config.keepalive,
             init_timeout: self.config.init_timeout,
             max_subscriptions: self.config.max_subscriptions,
+            traffic: traffic.clone(),
             verifier: self.verifier.clone(),
             revocations,
             admission: Arc::new(Admission::new(
@@ -188,6 +192,12 @@ impl App {
             fanout,
             countdowns,
         };
+        let presence_task = tokio::spawn(crate::http::presence::run(
+            self.pool.clone(),
+            state.admission.clone(),
+            traffic,
+            stop_rx_presence,
+        ));
         let app = router(state);
         let served = axum::serve(
             listener,
@@ -206,7 +216,7 @@ impl App {
         {
             tracing::warn!("some WebSockets did not close in time");
         }
-        let _ = tokio::join!(listener_task, watchdog_task, pruner_task);
+        let _ = tokio::join!(listener_task, watchdog_task, pruner_task, presence_task);
         self.pool.close();
         tracing::info!("stopped");
         Ok(served?)

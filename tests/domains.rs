@@ -241,3 +241,46 @@ async fn a_throttled_stock_stream_ends_each_interval_on_the_newest_price() {
     );
     client.assert_quiet(Duration::from_millis(700)).await;
 }
+
+/// Reads dashboard items until `ok` holds for one; returns it.
+async fn dashboard_until(client: &mut GqlClient, ok: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let item = client.next_item("d", "dashboard").await;
+        if ok(&item) {
+            return item;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_counts_users_on_every_node_and_todays_revenue() {
+    let one = server().await;
+    let two = TestServer::start_on(one.database_url.clone(), |config| {
+        config.jwt_secret = Some(SECRET.into())
+    })
+    .await;
+    let mut ann = client_as(&one, "ann", "user").await;
+    ann.subscribe("d", "subscription { dashboard(intervalMs: 200) { activeUsers revenueToday requestsPerSecond } }", json!({}))
+        .await;
+    let first = ann.next_item("d", "dashboard").await;
+    assert_eq!(first["revenueToday"], 0.0, "{first}");
+    dashboard_until(&mut ann, |d| d["activeUsers"] == 1).await;
+
+    // A user connected to the other node counts too.
+    let _ben = client_as(&two, "ben", "user").await;
+    dashboard_until(&mut ann, |d| d["activeUsers"] == 2).await;
+
+    ann.subscribe("o", "mutation { recordOrder(amount: 12.5) }", json!({}))
+        .await;
+    let item = dashboard_until(&mut ann, |d| d["revenueToday"] == 12.5).await;
+    assert!(item["requestsPerSecond"].as_f64().unwrap() >= 0.0);
+
+    let mut anonymous = one.ws().await;
+    anonymous
+        .subscribe("d", "subscription { dashboard { activeUsers } }", json!({}))
+        .await;
+    assert_eq!(
+        anonymous.next_payload("d").await["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+}

@@ -411,10 +411,16 @@ async fn graphiql_playground_and_health_are_served() {
 async fn queries_over_http_post() {
     let server = server_with_items().await;
     let response = server.post("{ trackedTables }", json!({})).await;
-    let tables = response["data"]["trackedTables"].as_array().unwrap().clone();
+    let tables = response["data"]["trackedTables"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert!(tables.contains(&json!("public.items")), "{tables:?}");
     // The built-in domains' tables are tracked too.
-    assert!(tables.contains(&json!("tidewire.notifications")), "{tables:?}");
+    assert!(
+        tables.contains(&json!("tidewire.notifications")),
+        "{tables:?}"
+    );
     let response = server.post("{ nope }", json!({})).await;
     assert!(response["errors"][0]["message"]
         .as_str()

@@ -4,5 +4,6 @@
 pub mod accounts;
 pub mod changes;
 pub mod countdown;
+pub mod dashboard;
 pub mod notifications;
 pub mod stocks;

@@ -47,6 +47,15 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         true
     }
 
+    fn keys(&self) -> Vec<K> {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn give_back(&self, key: &K) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(key) {
@@ -125,6 +134,11 @@ impl Admission {
             addresses: Slots::new(per_address),
             users: Slots::new(per_user),
         }
+    }
+
+    /// Users with at least one connection open on this node.
+    pub fn connected_users(&self) -> Vec<String> {
+        self.users.keys()
     }
 
     /// Counts a connection against `user` (once it has authenticated).

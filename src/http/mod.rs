@@ -3,6 +3,7 @@
 
 mod admission;
 mod health;
+pub mod presence;
 pub mod protocol;
 mod rate_limit;
 mod websocket;
@@ -35,6 +36,7 @@ use crate::{
     auth::{AuthError, Verifier},
     db::{ListenerStatus, Revocation},
     domains::countdown::Countdowns,
+    domains::dashboard::Traffic,
     error::with_codes,
     fanout::Fanout,
     graphql::TidewireSchema,
@@ -71,6 +73,8 @@ pub struct AppState {
     pub countdowns: Arc<Countdowns>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
+    /// Requests served (for the dashboard's rate).
+    pub traffic: Arc<Traffic>,
     /// Verifies the tokens of HTTP requests and WebSocket connections.
     pub verifier: Arc<Verifier>,
     /// Session revocations heard by this node's listener.
@@ -105,6 +109,7 @@ async fn graphql_post(
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> Response {
+    state.traffic.count();
     let mut request = request.into_inner().data(peer.ip());
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let verified = value

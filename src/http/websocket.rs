@@ -273,6 +273,7 @@ struct Session {
 impl Session {
     /// Handles one client message; `Some` closes the connection.
     async fn handle(&mut self, text: &str) -> Option<(u16, String)> {
+        self.state.traffic.count();
         let message = match ClientMessage::parse(text, self.frames.protocol) {
             Ok(message) => message,
             Err(error) => return Some((close::INVALID_MESSAGE, error.to_string())),

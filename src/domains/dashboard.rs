@@ -1,0 +1,173 @@
+//! The live dashboard: active users (signed-in users connected now, on every
+//! node), today's revenue, and this node's requests per second.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_graphql::{Context, Object, Result, SimpleObject, Subscription};
+use deadpool_postgres::Pool;
+use futures_util::{stream, Stream};
+
+use crate::{
+    auth::Viewer,
+    error::{internal, ErrorCode},
+};
+
+/// Requests served by this node (HTTP queries and WebSocket messages) and
+/// their rate over the last second.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    total: AtomicU64,
+    /// Total at the last tick.
+    ticked: AtomicU64,
+    /// Requests in the last second, as f64 bits.
+    rate: AtomicU64,
+}
+
+impl Traffic {
+    pub fn count(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called about once a second (by the presence task): fixes the rate.
+    pub fn tick(&self, seconds: f64) {
+        let total = self.total.load(Ordering::Relaxed);
+        let before = self.ticked.swap(total, Ordering::Relaxed);
+        let rate = (total - before) as f64 / seconds.max(1e-3);
+        self.rate
+            .store(((rate * 10.0).round() / 10.0).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug, PartialEq)]
+pub struct Dashboard {
+    /// Signed-in users with a WebSocket open on any node.
+    pub active_users: i64,
+    /// Sum of today's orders (UTC day).
+    pub revenue_today: f64,
+    /// Requests this node served in the last second.
+    pub requests_per_second: f64,
+}
+
+/// Presence older than this belongs to a node that is gone.
+const PRESENCE_STALE: &str = "5 seconds";
+
+async fn figures(pool: &Pool) -> Result<(i64, f64)> {
+    let client = pool.get().await.map_err(internal)?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(DISTINCT u) FROM tidewire.presence, unnest(users) u
+                          WHERE heartbeat > now() - interval '{PRESENCE_STALE}'),
+                        (SELECT coalesce(sum(amount), 0) FROM tidewire.orders
+                          WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+            ),
+            &[],
+        )
+        .await
+        .map_err(internal)?;
+    Ok((row.get(0), row.get(1)))
+}
+
+fn signed_in(ctx: &Context<'_>) -> Result<()> {
+    ctx.data_opt::<Viewer>()
+        .map(|_| ())
+        .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to see the dashboard"))
+}
+
+#[derive(Default)]
+pub struct DashboardMutation;
+
+#[Object]
+impl DashboardMutation {
+    /// Records an order of the caller.
+    async fn record_order(&self, ctx: &Context<'_>, amount: f64) -> Result<bool> {
+        crate::domains::accounts::limit(ctx)?;
+        let viewer = ctx
+            .data_opt::<Viewer>()
+            .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to order"))?;
+        if !amount.is_finite() || amount <= 0.0 || amount > 1e12 {
+            return Err(ErrorCode::BadUserInput.error("an amount is a positive number"));
+        }
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        client
+            .execute(
+                "INSERT INTO tidewire.orders (user_id, amount) VALUES ($1, $2)",
+                &[&viewer.user_id, &amount],
+            )
+            .await
+            .map_err(internal)?;
+        Ok(true)
+    }
+}
+
+#[derive(Default)]
+pub struct DashboardSubscription;
+
+#[Subscription]
+impl DashboardSubscription {
+    /// The figures at once, then whenever one changes, at most once per
+    /// `intervalMs` (at least 200).
+    async fn dashboard(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 1000)] interval_ms: i32,
+    ) -> Result<impl Stream<Item = Result<Dashboard>>> {
+        signed_in(ctx)?;
+        let interval = Duration::from_millis(interval_ms.max(200) as u64);
+        let pool = ctx.data_unchecked::<Pool>().clone();
+        let traffic = ctx.data_unchecked::<Arc<Traffic>>().clone();
+        let state = (pool, traffic, None::<Dashboard>);
+        Ok(stream::unfold(
+            state,
+            move |(pool, traffic, last)| async move {
+                loop {
+                    if last.is_some() {
+                        tokio::time::sleep(interval).await;
+                    }
+                    let now = match current(&pool, &traffic).await {
+                        Ok(now) => now,
+                        Err(error) => return Some((Err(error), (pool, traffic, last))),
+                    };
+                    if last.as_ref() != Some(&now) {
+                        return Some((Ok(now.clone()), (pool, traffic, Some(now))));
+                    }
+                }
+            },
+        ))
+    }
+}
+
+#[derive(Default)]
+pub struct DashboardQuery;
+
+#[Object]
+impl DashboardQuery {
+    /// The dashboard's figures now.
+    async fn dashboard(&self, ctx: &Context<'_>) -> Result<Dashboard> {
+        signed_in(ctx)?;
+        current(
+            ctx.data_unchecked::<Pool>(),
+            ctx.data_unchecked::<Arc<Traffic>>(),
+        )
+        .await
+    }
+}
+
+async fn current(pool: &Pool, traffic: &Traffic) -> Result<Dashboard> {
+    let (active_users, revenue_today) = figures(pool).await?;
+    Ok(Dashboard {
+        active_users,
+        revenue_today,
+        requests_per_second: traffic.rate(),
+    })
+}
