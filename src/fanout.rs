@@ -13,6 +13,7 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
@@ -26,7 +27,7 @@ use async_graphql::{
     },
     Request, Value as GqlValue,
 };
-use futures_util::StreamExt;
+use futures_util::{stream::Peekable, FutureExt, Stream, StreamExt};
 use tokio::{
     sync::broadcast::{self, error::RecvError},
     task::AbortHandle,
@@ -138,6 +139,19 @@ impl Shape {
     }
 }
 
+/// Whether `response`, the first of its stream, means the operation failed
+/// to start (validation, a resolver refusing): it holds only errors and the
+/// stream ends right after it. An error-only response followed by more is a
+/// failed item of a stream that goes on.
+pub(crate) fn failed_to_start<S: Stream + Unpin>(
+    response: &async_graphql::Response,
+    stream: &mut Peekable<S>,
+) -> bool {
+    response.data == GqlValue::Null
+        && !response.errors.is_empty()
+        && matches!(Pin::new(stream).peek().now_or_never(), Some(None))
+}
+
 /// One serialized result of a shared execution.
 #[derive(Debug)]
 pub struct SharedItem {
@@ -241,14 +255,12 @@ impl Fanout {
         self.count_execution();
         let probe = CursorProbe::default();
         let request = shape.request().data(probe.clone());
-        let mut stream = self.schema.execute_stream(request);
+        let mut stream = self.schema.execute_stream(request).peekable();
         let mut first = true;
         while let Some(response) = stream.next().await {
             let response = with_codes(response);
-            let failed_start = (first
-                && response.data == GqlValue::Null
-                && !response.errors.is_empty())
-            .then(|| Arc::from(serde_json::to_string(&response.errors).unwrap_or_default()));
+            let failed_start = (first && failed_to_start(&response, &mut stream))
+                .then(|| Arc::from(serde_json::to_string(&response.errors).unwrap_or_default()));
             first = false;
             let item = SharedItem {
                 cursor: probe.take(),

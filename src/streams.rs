@@ -11,6 +11,28 @@ use tokio::time::{sleep_until, Instant};
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
+/// A subscription's `throttleMs` / `debounceMs` arguments applied to its
+/// stream (debounce first: throttling a debounced stream keeps both
+/// promises). Zero or absent means off.
+pub fn pace<T: Send + 'static>(
+    source: impl Stream<Item = T> + Send + 'static,
+    throttle_ms: Option<i32>,
+    debounce_ms: Option<i32>,
+) -> Boxed<T> {
+    let window = |ms: Option<i32>| {
+        ms.filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64))
+    };
+    let source: Boxed<T> = match window(debounce_ms) {
+        Some(quiet) => Box::pin(debounce(source, quiet)),
+        None => Box::pin(source),
+    };
+    match window(throttle_ms) {
+        Some(interval) => Box::pin(throttle(source, interval)),
+        None => source,
+    }
+}
+
 /// At most one item per `interval`: the first at once, then, at the end of
 /// each interval, the newest item that arrived during it (older ones are
 /// dropped, so a throttled stream is never stale).

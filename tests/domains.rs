@@ -284,3 +284,47 @@ async fn the_dashboard_counts_users_on_every_node_and_todays_revenue() {
         "UNAUTHENTICATED"
     );
 }
+
+#[tokio::test]
+async fn a_debounced_stock_stream_waits_for_quiet() {
+    let server = server().await;
+    let mut client = server.ws().await;
+    client
+        .subscribe(
+            "s",
+            "subscription { stock(symbol: \"CALM\", debounceMs: 400) { value } }",
+            json!({}),
+        )
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    for value in [1.0, 2.0, 3.0] {
+        as_admin(&server, PUBLISH, json!({"s": "CALM", "v": value})).await;
+    }
+    // One item, the last, once the burst is over.
+    assert_eq!(client.next_item("s", "stock").await["value"], 3.0);
+    client.assert_quiet(Duration::from_millis(700)).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_notification_is_an_error_on_that_item_only() {
+    let server = server().await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    ann.subscribe("n", "subscription { notifications { title } }", json!({}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    // A change whose row lacks the notification's fields.
+    server
+        .sql(
+            "INSERT INTO tidewire.changes (topic, table_name, op, new_row)
+             VALUES ('notifications', 'tidewire.notifications', 'INSERT', '{\"user_id\": \"ann\"}')",
+        )
+        .await;
+    let payload = ann.next_payload("n").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "INTERNAL",
+        "{payload}"
+    );
+    // The stream goes on.
+    as_admin(&server, SEND, json!({"u": "ann", "t": "fine"})).await;
+    assert_eq!(ann.next_item("n", "notifications").await["title"], "fine");
+}

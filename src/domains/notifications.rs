@@ -14,7 +14,7 @@ use crate::{
     db::{Change, ChangeLog, Cursor, Op},
     error::{internal, ErrorCode},
     hub::{Feed, Hub},
-    streams::{batch, throttle},
+    streams::{batch, pace},
     Limits,
 };
 
@@ -177,19 +177,21 @@ pub struct NotificationsSubscription;
 #[Subscription]
 impl NotificationsSubscription {
     /// New notifications of the caller (an admin may name `userId`), from
-    /// `after` if given. `throttleMs`: at most one per interval, the newest.
+    /// `after` if given. `throttleMs`: at most one per interval, the newest;
+    /// `debounceMs`: only once no new one came for that long.
     async fn notifications(
         &self,
         ctx: &Context<'_>,
         after: Option<String>,
         throttle_ms: Option<i32>,
+        debounce_ms: Option<i32>,
         user_id: Option<ID>,
     ) -> Result<impl Stream<Item = Result<Notification>>> {
-        let items = stream_for(ctx, after, user_id)?;
-        Ok(match throttle_ms.filter(|ms| *ms > 0) {
-            Some(ms) => throttle(items, Duration::from_millis(ms as u64)).boxed(),
-            None => items.boxed(),
-        })
+        Ok(pace(
+            stream_for(ctx, after, user_id)?,
+            throttle_ms,
+            debounce_ms,
+        ))
     }
 
     /// The caller's new notifications in lists: one goes out when it holds

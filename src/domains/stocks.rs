@@ -2,7 +2,7 @@
 //! (`tidewire.stock_prices`); `stock(symbol)` streams the current price first,
 //! then every update, optionally throttled.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_graphql::{Context, Object, Result, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use crate::{
     db::{Change, ChangeLog, Cursor, Op},
     error::{internal, ErrorCode},
     hub::{Feed, Hub},
-    streams::throttle,
+    streams::pace,
     Limits,
 };
 
@@ -122,12 +122,14 @@ pub struct StocksSubscription;
 #[Subscription]
 impl StocksSubscription {
     /// The current price at once, then every new one. `throttleMs`: at most
-    /// one per interval, always the newest at the end of it.
+    /// one per interval, always the newest at the end of it; `debounceMs`:
+    /// only once prices stopped moving for that long.
     async fn stock(
         &self,
         ctx: &Context<'_>,
         symbol: String,
         throttle_ms: Option<i32>,
+        debounce_ms: Option<i32>,
     ) -> Result<impl Stream<Item = Result<StockPrice>>> {
         let symbol = check_symbol(&symbol)?;
         let hub = ctx.data_unchecked::<Arc<Hub>>();
@@ -181,10 +183,7 @@ impl StocksSubscription {
             Ok(price)
         });
         let items = stream::iter(first.map(Ok)).chain(updates);
-        Ok(match throttle_ms.filter(|ms| *ms > 0) {
-            Some(ms) => throttle(items, Duration::from_millis(ms as u64)).boxed(),
-            None => items.boxed(),
-        })
+        Ok(pace(items, throttle_ms, debounce_ms))
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{Request, Value as GqlValue};
+use async_graphql::Request;
 use axum::{
     extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     response::Response,
@@ -41,7 +41,7 @@ use crate::{
     db::Revocation,
     domains::accounts::is_revoked,
     error::with_codes,
-    fanout::{Member, ResumeFrom, Shape},
+    fanout::{failed_to_start, Member, ResumeFrom, Shape},
 };
 
 pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket) -> Response {
@@ -507,11 +507,16 @@ impl Subscription {
     /// Its own execution. `Ok(true)` when a `complete` is due.
     async fn alone(&self, request: Request) -> Result<bool, Closed> {
         self.state.fanout.count_execution();
-        let mut stream = self.state.fanout.schema().execute_stream(request);
+        let mut stream = self
+            .state
+            .fanout
+            .schema()
+            .execute_stream(request)
+            .peekable();
         let mut first = true;
         while let Some(response) = stream.next().await {
             let response = with_codes(response);
-            if first && response.data == GqlValue::Null && !response.errors.is_empty() {
+            if first && failed_to_start(&response, &mut stream) {
                 let errors = serde_json::to_string(&response.errors).unwrap_or_default();
                 self.outbox
                     .text(self.frames.error(&self.quoted_id, &errors))
