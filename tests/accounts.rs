@@ -29,18 +29,7 @@ async fn server() -> TestServer {
 }
 
 async fn mutate(server: &TestServer, token: Option<&str>, query: &str, variables: Value) -> Value {
-    let mut request = reqwest::Client::new().post(server.url("/graphql"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    request
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    server.graphql(token, query, variables).await
 }
 
 const SIGN_UP: &str = "mutation($e: String!, $p: String!) { signUp(email: $e, password: $p) { token user { id email role } } }";

@@ -17,13 +17,7 @@ fn now() -> i64 {
 }
 
 fn token(sub: &str, role: &str, expires_in: i64, secret: &str) -> String {
-    let claims = json!({"sub": sub, "role": role, "sid": "s-1", "exp": now() + expires_in});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    common::token(secret, sub, role, expires_in)
 }
 
 /// `alg: none`: a token with no signature at all.
@@ -167,10 +161,7 @@ async fn a_fresh_token_over_ping_keeps_the_subscriptions() {
 
 /// A connected client acting as `sub` with `role`.
 async fn client_as(server: &TestServer, sub: &str, role: &str) -> GqlClient {
-    let bearer = format!("Bearer {}", token(sub, role, 600, SECRET));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": bearer})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
-    client
+    common::client_with_token(server.addr, &token(sub, role, 600, SECRET)).await
 }
 
 #[tokio::test]

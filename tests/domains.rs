@@ -7,19 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_for_subscribers, GqlClient, TestServer};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const SECRET: &str = "domains-secret-domains-secret-000001";
 
 fn token(sub: &str, role: &str) -> String {
-    let claims = json!({"sub": sub, "role": role, "exp": tidewire::auth::now() + 600});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::token(SECRET, sub, role, 600)
 }
 
 async fn server() -> TestServer {
@@ -27,26 +20,13 @@ async fn server() -> TestServer {
 }
 
 async fn client_as(server: &TestServer, sub: &str, role: &str) -> GqlClient {
-    let bearer = format!("Bearer {}", token(sub, role));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": bearer})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
-    client
+    common::client_with_token(server.addr, &token(sub, role)).await
 }
 
 async fn as_admin(server: &TestServer, query: &str, variables: Value) -> Value {
-    reqwest::Client::new()
-        .post(server.url("/graphql"))
-        .header(
-            "authorization",
-            format!("Bearer {}", token("root", "admin")),
-        )
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
+    server
+        .graphql(Some(&token("root", "admin")), query, variables)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 const SEND: &str = "mutation($u: ID!, $t: String!) { sendNotification(userId: $u, title: $t, message: \"m\") { id } }";

@@ -212,6 +212,23 @@ impl TestServer {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// POST a GraphQL request, as `token` or anonymously; the body.
+    pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = reqwest::Client::new().post(self.url("/graphql"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = json!({"query": query, "variables": variables});
+        request
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(self.url("/metrics"))
             .await
@@ -240,6 +257,22 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.take().map(|s| s.send(()));
     }
+}
+
+/// A JWT for `sub` with `role`, valid for `expires_in` seconds, signed
+/// HS256 with `secret`.
+pub fn token(secret: &str, sub: &str, role: &str, expires_in: i64) -> String {
+    let claims = json!({"sub": sub, "role": role, "exp": tidewire::auth::now() + expires_in});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// A client past `connection_init` with `token`.
+pub async fn client_with_token(addr: SocketAddr, token: &str) -> GqlClient {
+    let authorization = format!("Bearer {token}");
+    let mut client = GqlClient::init_with(addr, json!({ "authorization": authorization })).await;
+    assert_eq!(client.next_message().await["type"], "connection_ack");
+    client
 }
 
 /// Waits until `n` subscriptions run, each with a feed registered in the
