@@ -308,3 +308,19 @@ async fn an_undecodable_notification_is_an_error_on_that_item_only() {
     as_admin(&server, SEND, json!({"u": "ann", "t": "fine"})).await;
     assert_eq!(ann.next_item("n", "notifications").await["title"], "fine");
 }
+
+#[tokio::test]
+async fn batch_sizes_are_bounded() {
+    let server = server().await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    ann.subscribe(
+        "b",
+        "subscription { notificationBatches(maxSize: 1000000) { title } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        ann.next_payload("b").await["errors"][0]["extensions"]["code"],
+        "BAD_USER_INPUT"
+    );
+}

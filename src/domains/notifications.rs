@@ -203,8 +203,9 @@ impl NotificationsSubscription {
         #[graphql(default = 10)] max_size: i32,
         #[graphql(default = 5000)] max_wait_ms: i32,
     ) -> Result<impl Stream<Item = Vec<Notification>>> {
-        if max_size < 1 || max_wait_ms < 0 {
-            return Err(ErrorCode::BadUserInput.error("maxSize ≥ 1 and maxWaitMs ≥ 0"));
+        // Bounded: a batch is held in memory until it goes out.
+        if !(1..=1000).contains(&max_size) || !(0..=600_000).contains(&max_wait_ms) {
+            return Err(ErrorCode::BadUserInput.error("maxSize: 1–1000; maxWaitMs: 0–600000"));
         }
         // Undecodable items were logged; batches carry the good ones.
         let items = stream_for(ctx, None, None)?.filter_map(|item| async move { item.ok() });
