@@ -3,9 +3,11 @@
 
 mod admission;
 mod health;
+mod outbox;
 pub mod presence;
 pub mod protocol;
 mod rate_limit;
+mod subscription;
 mod websocket;
 
 use std::{

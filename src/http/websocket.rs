@@ -16,32 +16,28 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::Request;
 use axum::{
-    extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+    extract::ws::{Message, WebSocket, WebSocketUpgrade},
     response::Response,
 };
-use futures_util::{stream::SplitSink, SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::{
-    sync::{
-        broadcast::{self, error::RecvError},
-        mpsc, OwnedSemaphorePermit, Semaphore,
-    },
+    sync::broadcast::{self, error::RecvError},
     task::JoinHandle,
     time::Sleep,
 };
 
 use super::{
     admission::{Ticket, UserTicket},
+    outbox::Outbox,
     protocol::{close, quote, ClientMessage, Frames, Protocol},
+    subscription::Subscription,
     AppState,
 };
 use crate::{
     auth::{self, AuthError, Viewer},
     db::Revocation,
     domains::accounts::is_revoked,
-    error::with_codes,
-    fanout::{failed_to_start, Member, ResumeFrom, Shape},
 };
 
 pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket) -> Response {
@@ -65,85 +61,11 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket
     })
 }
 
-/// A frame on its way out, holding its share of the connection's budget.
-struct Outgoing {
-    message: Message,
-    _permit: Option<OwnedSemaphorePermit>,
-    bytes: usize,
-}
-
-/// The sending side of a connection's bounded outgoing queue.
-#[derive(Clone)]
-struct Outbox {
-    /// Boxed frames: the channel allocates its slots up front, and a slot
-    /// per pointer keeps an idle connection small.
-    queue: mpsc::Sender<Box<Outgoing>>,
-    budget: Arc<Semaphore>,
-    limit: usize,
-    state: Arc<AppState>,
-}
-
-/// The connection is closing; stop producing.
-struct Closed;
-
-impl Outbox {
-    /// Queues a frame, waiting while the connection has `limit` bytes unsent.
-    async fn send(&self, message: Message) -> Result<(), Closed> {
-        let bytes = match &message {
-            Message::Text(text) => text.len(),
-            Message::Binary(bytes) => bytes.len(),
-            _ => 0,
-        };
-        // A frame larger than the whole budget goes alone.
-        let wanted = bytes.clamp(1, self.limit) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .map_err(|_| Closed)?;
-        self.state.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let frame = Box::new(Outgoing {
-            message,
-            _permit: Some(permit),
-            bytes,
-        });
-        self.queue.send(frame).await.map_err(|_| Closed)
-    }
-
-    async fn text(&self, text: String) -> Result<(), Closed> {
-        self.send(Message::Text(text.into())).await
-    }
-
-    /// Queues the close frame behind what is queued, if there is room.
-    fn close(&self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = self.queue.try_send(Box::new(Outgoing {
-            message: Message::Close(Some(frame)),
-            _permit: None,
-            bytes: 0,
-        }));
-    }
-}
-
 async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, address: IpAddr) {
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
-    let limit = state.max_queued_bytes.max(1);
-    // The byte budget bounds the queue; the count is a backstop for tiny
-    // frames.
-    let (queue, frames_out) = mpsc::channel(1024);
-    let outbox = Outbox {
-        queue,
-        budget: Arc::new(Semaphore::new(limit)),
-        limit,
-        state: state.clone(),
-    };
-    let writer = tokio::spawn(write_frames(sink, frames_out, state.clone()));
+    let (outbox, writer) = Outbox::open(sink, &state);
     let mut session = Session {
         frames: Arc::new(Frames { protocol }),
         outbox: outbox.clone(),
@@ -446,160 +368,4 @@ fn authorization(payload: Option<&serde_json::Value>) -> Option<&str> {
         .get("authorization")
         .or_else(|| payload.get("Authorization"))?
         .as_str()
-}
-
-/// One operation started by `subscribe`.
-struct Subscription {
-    quoted_id: String,
-    frames: Arc<Frames>,
-    outbox: Outbox,
-    state: Arc<AppState>,
-    /// Who subscribed; resolvers authorize with it.
-    viewer: Option<Viewer>,
-    address: IpAddr,
-}
-
-/// Counts a running subscription for as long as it lives (even aborted).
-struct Running(Arc<AppState>);
-
-impl Running {
-    fn new(state: &Arc<AppState>) -> Running {
-        state.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Running(state.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-// Rare paths (running alone, handling a client message) are boxed so the
-// futures held by every idle connection stay small: memory per connection
-// is what decides how many one process holds.
-impl Subscription {
-    async fn run(self, request: Request) {
-        let _running = Running::new(&self.state);
-        let result = match Shape::of(&request, self.viewer.as_ref()) {
-            Some(shape) => {
-                drop(request);
-                let member = self.state.fanout.join(shape);
-                self.shared(member).await
-            }
-            None => {
-                let request = request.data(self.address);
-                let request = match &self.viewer {
-                    Some(viewer) => request.data(viewer.clone()),
-                    None => request,
-                };
-                Box::pin(self.alone(request)).await
-            }
-        };
-        if let Ok(true) = result {
-            let _ = self
-                .outbox
-                .text(self.frames.complete(&self.quoted_id))
-                .await;
-        }
-    }
-
-    /// Its own execution. `Ok(true)` when a `complete` is due.
-    async fn alone(&self, request: Request) -> Result<bool, Closed> {
-        self.state.fanout.count_execution();
-        let mut stream = self
-            .state
-            .fanout
-            .schema()
-            .execute_stream(request)
-            .peekable();
-        let mut first = true;
-        while let Some(response) = stream.next().await {
-            let response = with_codes(response);
-            if first && failed_to_start(&response, &mut stream) {
-                let errors = serde_json::to_string(&response.errors).unwrap_or_default();
-                self.outbox
-                    .text(self.frames.error(&self.quoted_id, &errors))
-                    .await?;
-                return Ok(false);
-            }
-            first = false;
-            let payload = serde_json::to_string(&response).unwrap_or_default();
-            self.outbox
-                .text(self.frames.next(&self.quoted_id, &payload))
-                .await?;
-        }
-        Ok(true)
-    }
-
-    /// A member of a shared execution: splice the id into shared bytes.
-    async fn shared(&self, mut member: Member) -> Result<bool, Closed> {
-        let mut last = member.start;
-        loop {
-            match member.recv().await {
-                Ok(item) => {
-                    if let Some(errors) = &item.failed_start {
-                        self.outbox
-                            .text(self.frames.error(&self.quoted_id, errors))
-                            .await?;
-                        return Ok(false);
-                    }
-                    if let Some(cursor) = item.cursor {
-                        last = cursor;
-                    }
-                    self.outbox
-                        .text(self.frames.next(&self.quoted_id, &item.payload))
-                        .await?;
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // Too slow for the group: go on alone from the log.
-                    let request = member.shape().request().data(ResumeFrom(last));
-                    drop(member);
-                    self.state.hub.count_catchup();
-                    return Box::pin(self.alone(request)).await;
-                }
-                Err(RecvError::Closed) => return Ok(true),
-            }
-        }
-    }
-}
-
-async fn write_frames(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut frames: mpsc::Receiver<Box<Outgoing>>,
-    state: Arc<AppState>,
-) {
-    let mut failed = false;
-    while let Some(frame) = frames.recv().await {
-        let mut batch = vec![frame];
-        // Write what is queued together, flushing once.
-        while batch.len() < 64 {
-            match frames.try_recv() {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
-            }
-        }
-        let bytes: usize = batch.iter().map(|f| f.bytes).sum();
-        if !failed {
-            let mut result = Ok(());
-            let mut permits = Vec::with_capacity(batch.len());
-            for frame in batch {
-                permits.push(frame._permit);
-                if result.is_ok() {
-                    result = sink.feed(frame.message).await;
-                }
-            }
-            if result.is_ok() {
-                result = sink.flush().await;
-            }
-            drop(permits);
-            if result.is_err() {
-                // The client is gone: keep draining so producers end.
-                failed = true;
-                frames.close();
-            }
-        }
-        state.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-    let _ = sink.close().await;
 }
