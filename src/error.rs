@@ -34,6 +34,11 @@ impl ErrorCode {
     }
 }
 
+/// A feed past retention ends its stream with `CURSOR_EXPIRED`.
+pub fn cursor_expired(expired: crate::hub::CursorExpired) -> async_graphql::Error {
+    ErrorCode::CursorExpired.error(expired.to_string())
+}
+
 /// Gives every error of `response` an `extensions.code`: errors raised
 /// before any resolver ran (syntax, validation, limits, variables) are the
 /// client's input, so `BAD_USER_INPUT`.

@@ -84,9 +84,8 @@ async fn http_verifies_bearer_tokens() {
 #[tokio::test]
 async fn connection_init_carries_the_token() {
     let server = server().await;
-    let good = format!("Bearer {}", token("bob", "user", 600, SECRET));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": good})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
+    let mut client =
+        common::client_with_token(server.addr, &token("bob", "user", 600, SECRET)).await;
     client
         .subscribe("me", "{ me { id role } }", json!({}))
         .await;
@@ -110,9 +109,8 @@ async fn connection_init_carries_the_token() {
 #[tokio::test]
 async fn an_expiring_token_ends_its_streams_with_unauthenticated() {
     let server = server().await;
-    let short = format!("Bearer {}", token("carol", "user", 2, SECRET));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": short})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
+    let mut client =
+        common::client_with_token(server.addr, &token("carol", "user", 2, SECRET)).await;
     client
         .subscribe("e", CHANGES, json!({"table": "items"}))
         .await;
@@ -133,9 +131,8 @@ async fn an_expiring_token_ends_its_streams_with_unauthenticated() {
 #[tokio::test]
 async fn a_fresh_token_over_ping_keeps_the_subscriptions() {
     let server = server().await;
-    let short = format!("Bearer {}", token("dave", "user", 2, SECRET));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": short})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
+    let mut client =
+        common::client_with_token(server.addr, &token("dave", "user", 2, SECRET)).await;
     client
         .subscribe("e", CHANGES, json!({"table": "items"}))
         .await;
@@ -277,9 +274,8 @@ async fn the_server_refuses_to_start_without_a_key() {
 async fn injection_shaped_input_in_every_argument_is_just_data() {
     let server = server().await;
     let evil = "x'); DROP TABLE items; --";
-    let admin = format!("Bearer {}", token("root", "admin", 600, SECRET));
-    let mut client = GqlClient::init_with(server.addr, json!({"authorization": admin})).await;
-    assert_eq!(client.next_message().await["type"], "connection_ack");
+    let mut client =
+        common::client_with_token(server.addr, &token("root", "admin", 600, SECRET)).await;
     let cases = [
         ("t", CHANGES, json!({"table": evil})),
         ("w", CHANGES, json!({"table": "items", "where": {evil: 1}})),

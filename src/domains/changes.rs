@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Cursor, Op, TrackedTable},
-    error::{internal, ErrorCode},
+    error::{cursor_expired, internal, ErrorCode},
     fanout::{CursorProbe, ResumeFrom},
     hub::{Feed, Hub, RowFilter},
     Limits,
@@ -120,8 +120,7 @@ impl ChangesSubscription {
                     .is_none_or(|(column, user)| owned_by(change, column, user))
         };
         Ok(feed.into_stream(keep).map(move |item| {
-            let change =
-                item.map_err(|expired| ErrorCode::CursorExpired.error(expired.to_string()))?;
+            let change = item.map_err(cursor_expired)?;
             if let Some(probe) = &probe {
                 probe.set(change.cursor);
             }

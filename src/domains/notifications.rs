@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Cursor, Op},
-    error::{internal, ErrorCode},
+    error::{cursor_expired, internal, ErrorCode},
     hub::{Feed, Hub},
     streams::{batch, pace},
     Limits,
@@ -248,7 +248,7 @@ fn stream_for(
                 == Some(user.as_str())
     };
     Ok(feed.into_stream(keep).map(|item| {
-        let change = item.map_err(|expired| ErrorCode::CursorExpired.error(expired.to_string()))?;
+        let change = item.map_err(cursor_expired)?;
         Notification::from_change(&change).ok_or_else(|| {
             tracing::warn!(cursor = %change.cursor, "a notification row could not be decoded");
             ErrorCode::Internal.error("this notification could not be read")

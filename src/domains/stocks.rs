@@ -12,7 +12,7 @@ use futures_util::{stream, Stream, StreamExt};
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Cursor, Op},
-    error::{internal, ErrorCode},
+    error::{cursor_expired, internal, ErrorCode},
     hub::{Feed, Hub},
     streams::pace,
     Limits,
@@ -173,8 +173,7 @@ impl StocksSubscription {
         };
         let mut previous = current;
         let updates = feed.into_stream(keep).map(move |item| {
-            let change =
-                item.map_err(|expired| ErrorCode::CursorExpired.error(expired.to_string()))?;
+            let change = item.map_err(cursor_expired)?;
             let price = decode(&change, previous).ok_or_else(|| {
                 tracing::warn!(cursor = %change.cursor, "a stock price row could not be decoded");
                 ErrorCode::Internal.error("this price could not be read")
