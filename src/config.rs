@@ -138,6 +138,48 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_COMPLEXITY", default_value_t = 500)]
     pub max_complexity: usize,
 
+    /// Longest GraphQL query text accepted, in bytes (checked before
+    /// parsing; variables are not counted).
+    #[arg(long, env = "TIDEWIRE_MAX_QUERY_BYTES", default_value_t = 32 * 1024)]
+    pub max_query_bytes: usize,
+
+    /// Deepest nesting of brackets (`{`, `[`, `(`) a query's text may have,
+    /// selections and argument values together; checked before parsing, so
+    /// no input can exhaust the parser's stack.
+    #[arg(long, env = "TIDEWIRE_MAX_QUERY_NESTING", default_value_t = 48)]
+    pub max_query_nesting: usize,
+
+    /// Largest HTTP request body accepted (`POST /graphql`), in bytes; larger
+    /// ones get 413.
+    #[arg(long, env = "TIDEWIRE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// An HTTP client must send a request's headers, and then its body,
+    /// within this time; an idle keep-alive connection is closed after it.
+    #[arg(long, env = "TIDEWIRE_HTTP_READ_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub http_read_timeout: Duration,
+
+    /// A WebSocket message a client has started must be complete within
+    /// this time, and within --max-message-bytes plus 16 KiB on the wire
+    /// (frame headers included); otherwise the connection is closed with
+    /// 1008.
+    #[arg(long, env = "TIDEWIRE_WS_MESSAGE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub ws_message_timeout: Duration,
+
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    /// Without it the metrics are public: bind --listen to a private
+    /// address or set this.
+    #[arg(long, env = "TIDEWIRE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// The origin browsers use to reach this server (scheme, host and port,
+    /// e.g. `https://tidewire.example.com`). WebSockets from a page of this
+    /// origin or of --allowed-origins are accepted. Without it, the server's
+    /// own origin is `http://<listen address>` (and `localhost` for a
+    /// loopback address). The `Host` header is never trusted for this.
+    #[arg(long, env = "TIDEWIRE_PUBLIC_ORIGIN")]
+    pub public_origin: Option<String>,
+
     /// Longest `countdown(seconds)` a client may ask for.
     #[arg(long, env = "TIDEWIRE_MAX_COUNTDOWN", default_value_t = 3600)]
     pub max_countdown: i32,
@@ -198,6 +240,43 @@ pub struct Config {
     /// gives up.
     #[arg(long, env = "TIDEWIRE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// `signIn`/`signUp` attempts one client address may make per minute,
+    /// whatever token it sends along; more get `RATE_LIMITED`.
+    #[arg(
+        long,
+        env = "TIDEWIRE_CREDENTIAL_ATTEMPTS_PER_ADDRESS",
+        default_value_t = 30
+    )]
+    pub credential_attempts_per_address: u32,
+
+    /// `signIn`/`signUp` attempts for one email address (account) per
+    /// minute, from all clients together; more get `RATE_LIMITED`. Bounds
+    /// password guessing spread over many addresses.
+    #[arg(
+        long,
+        env = "TIDEWIRE_CREDENTIAL_ATTEMPTS_PER_ACCOUNT",
+        default_value_t = 10
+    )]
+    pub credential_attempts_per_account: u32,
+
+    /// Largest `where` of a `changes` subscription, in bytes of JSON. Each
+    /// subscription keeps its filter for its lifetime and runs it on every
+    /// change of its table; 8 KiB holds a 100-value `_in` of UUIDs with
+    /// room for other conditions.
+    #[arg(long, env = "TIDEWIRE_MAX_WHERE_BYTES", default_value_t = 8 * 1024)]
+    pub max_where_bytes: usize,
+
+    /// Most conditions a `where` may have (one per plain value, one per
+    /// operator). Bounds the work per change per subscriber.
+    #[arg(long, env = "TIDEWIRE_MAX_WHERE_CONDITIONS", default_value_t = 32)]
+    pub max_where_conditions: usize,
+
+    /// Most values in one `_in` list of a `where`. Membership is a hash
+    /// lookup, so this bounds memory per subscription, not time per change;
+    /// longer lists belong in a table the rows join against.
+    #[arg(long, env = "TIDEWIRE_MAX_WHERE_IN_VALUES", default_value_t = 100)]
+    pub max_where_in_values: usize,
 }
 
 impl Config {
@@ -259,5 +338,7 @@ mod tests {
         let config = Config::for_database("postgres://x");
         assert_eq!(config.listen.port(), 4000);
         assert_eq!(config.max_message_bytes, 65536);
+        assert_eq!(config.credential_attempts_per_address, 30);
+        assert_eq!(config.credential_attempts_per_account, 10);
     }
 }

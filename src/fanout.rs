@@ -33,7 +33,10 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::{auth::Viewer, db::Cursor, error::with_codes, graphql::TidewireSchema, hub::Hub};
+use crate::{
+    auth::Viewer, db::Cursor, error::with_codes, graphql::TidewireSchema, hub::Hub,
+    request_guard::QueryLimits,
+};
 
 /// Root subscription fields whose streams can be shared.
 const SHAREABLE_FIELDS: &[&str] = &["changes"];
@@ -72,7 +75,11 @@ pub struct Shape {
 impl Shape {
     /// The shape of `request`, made by `viewer`, if its stream can be
     /// shared.
-    pub fn of(request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
+    /// Queries over `limits` are not shared: executed alone, the schema's
+    /// [`RequestGuard`](crate::request_guard::RequestGuard) refuses them
+    /// with a proper error, and the parser never sees them.
+    pub fn of(request: &Request, viewer: Option<&Viewer>, limits: &QueryLimits) -> Option<Shape> {
+        limits.check(&request.query).ok()?;
         let document = parse_query(&request.query).ok()?;
         let operation = match &request.operation_name {
             Some(name) => {
@@ -180,11 +187,19 @@ pub struct Fanout {
     /// Executions started (a metric: with sharing, far fewer than
     /// subscriptions).
     executions: AtomicU64,
+    /// Checked before a subscription's query is parsed to find its shape.
+    query_limits: QueryLimits,
 }
 
 impl Fanout {
-    pub fn new(schema: TidewireSchema, hub: Arc<Hub>, capacity: usize) -> Arc<Fanout> {
+    pub fn new(
+        schema: TidewireSchema,
+        hub: Arc<Hub>,
+        capacity: usize,
+        query_limits: QueryLimits,
+    ) -> Arc<Fanout> {
         Arc::new(Fanout {
+            query_limits,
             schema,
             hub,
             groups: Mutex::new(HashMap::new()),
@@ -192,6 +207,11 @@ impl Fanout {
             generations: AtomicU64::new(0),
             executions: AtomicU64::new(0),
         })
+    }
+
+    /// The shape of `request` if it can be shared (see [`Shape::of`]).
+    pub fn shape_of(&self, request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
+        Shape::of(request, viewer, &self.query_limits)
     }
 
     pub fn schema(&self) -> &TidewireSchema {

@@ -10,7 +10,7 @@ use crate::{
     auth::{AuthQuery, Issuer},
     db::{ChangeLog, PageLimit},
     domains::{
-        accounts::AccountsMutation,
+        accounts::{AccountsMutation, CredentialLimits},
         dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription, Traffic},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
@@ -21,6 +21,7 @@ use crate::{
     },
     http::RateLimiter,
     hub::Hub,
+    request_guard::{QueryLimits, RequestGuard},
 };
 
 #[derive(MergedObject, Default)]
@@ -62,6 +63,14 @@ pub struct Limits {
     pub max_complexity: usize,
     /// Longest `countdown(seconds)`.
     pub max_countdown: i32,
+    /// Size and nesting of a query's text, checked before parsing.
+    pub query: QueryLimits,
+    /// Largest `where` of `changes`, in bytes of JSON.
+    pub max_where_bytes: usize,
+    /// Most conditions in one `where`.
+    pub max_where_conditions: usize,
+    /// Most values in one `_in` list of a `where`.
+    pub max_where_in_values: usize,
 }
 
 /// The schema with its context data, ready to execute.
@@ -75,6 +84,8 @@ pub struct Services {
     /// Signs tokens; absent when only an external issuer's key is set.
     pub issuer: Option<Issuer>,
     pub rate_limiter: Arc<RateLimiter>,
+    /// `signIn`/`signUp` attempts per address and per account.
+    pub credential_limits: Arc<CredentialLimits>,
     pub traffic: Arc<Traffic>,
 }
 
@@ -86,11 +97,13 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
     )
     .limit_depth(limits.max_depth)
     .limit_complexity(limits.max_complexity)
+    .extension(RequestGuard(limits.query))
     .data(services.log)
     .data(services.hub)
     .data(services.countdowns)
     .data(services.pool)
     .data(services.rate_limiter)
+    .data(services.credential_limits)
     .data(services.traffic)
     .data(limits);
     match services.issuer {

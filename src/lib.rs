@@ -28,6 +28,7 @@ pub mod fanout;
 pub mod graphql;
 pub mod http;
 pub mod hub;
+pub mod request_guard;
 pub mod server;
 pub mod streams;
 

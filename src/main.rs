@@ -55,7 +55,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 config.jwt_secret = Some(pg.dev_jwt_secret()?);
             }
             tracing::info!(
-                "embedded Postgres on 127.0.0.1:{} (open a shell with `cargo run -- psql`)",
+                "embedded Postgres on 127.0.0.1:{} (open a shell with `cargo run --release -- psql`)",
                 pg.port()
             );
             Some(pg)
@@ -75,7 +75,16 @@ async fn run(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = App::prepare(config).await?;
+    // Ctrl-C or SIGTERM while start-up still waits for the database ends
+    // the wait at once.
+    let mut shutdown = Box::pin(shutdown);
+    let app = tokio::select! {
+        app = App::prepare(config) => app?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested during start-up");
+            return Ok(());
+        }
+    };
     let addr = listener.local_addr()?;
     tracing::info!("GraphiQL: http://{addr}/graphql");
     println!("Tidewire is up. GraphiQL: http://{addr}/graphql");
@@ -110,27 +119,84 @@ fn database_url(config: &Config) -> anyhow::Result<String> {
     }
 }
 
-/// Replaces this process with psql connected to the database.
+/// Replaces this process with psql connected to the database. The password
+/// goes through the environment (`PGPASSWORD`, readable only by this user),
+/// never on the command line, which every local user can read with `ps`.
 fn psql(config: &Config, args: &[String]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    let url = database_url(config)?;
-    let error = std::process::Command::new("psql")
-        .arg(url)
-        .args(args)
-        .exec();
+    use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+    let (conninfo, password) = without_password(&database_url(config)?)?;
+    let mut command = std::process::Command::new("psql");
+    command.arg(conninfo).args(args);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", std::ffi::OsStr::from_bytes(&password));
+    }
+    let error = command.exec();
     bail!("cannot run psql: {error}")
+}
+
+/// A libpq connection string (`key='value' …`) for `url` without its
+/// password, and the password.
+fn without_password(url: &str) -> anyhow::Result<(String, Option<Vec<u8>>)> {
+    use tokio_postgres::config::{Host, SslMode};
+    let config: tokio_postgres::Config = url.parse().context("parsing the database URL")?;
+    let join = |items: Vec<String>| (!items.is_empty()).then(|| items.join(","));
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let hostaddrs = config
+        .get_hostaddrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let ports = config.get_ports().iter().map(ToString::to_string).collect();
+    let ssl_mode = match config.get_ssl_mode() {
+        SslMode::Disable => Some("disable"),
+        SslMode::Require => Some("require"),
+        _ => None,
+    };
+    let fields = [
+        ("host", join(hosts)),
+        ("hostaddr", join(hostaddrs)),
+        ("port", join(ports)),
+        ("user", config.get_user().map(str::to_owned)),
+        ("dbname", config.get_dbname().map(str::to_owned)),
+        ("options", config.get_options().map(str::to_owned)),
+        ("sslmode", ssl_mode.map(str::to_owned)),
+        (
+            "connect_timeout",
+            config
+                .get_connect_timeout()
+                .map(|t| t.as_secs().to_string()),
+        ),
+    ];
+    let conninfo = fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let value = value.as_ref()?.replace('\\', "\\\\").replace('\'', "\\'");
+            Some(format!("{key}='{value}'"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((conninfo, config.get_password().map(<[u8]>::to_vec)))
 }
 
 async fn create_admin(url: &str, email: &str, password: String) -> anyhow::Result<()> {
     if password.chars().count() < 8 {
         bail!("the password must have at least 8 characters");
     }
+    // The same spelling signIn looks up.
+    let email = tidewire::domains::accounts::normalize_email(email)
+        .with_context(|| format!("--email {email:?}"))?;
     tidewire::db::migrate(url).await?;
     let hash = tidewire::domains::accounts::hash_password(password)
         .await
-        .map_err(|e| anyhow::anyhow!("hashing the password: {}", e.message))?;
+        .context("hashing the password")?;
     let client = tidewire::db::connect_once(url).await?;
-    let email = email.trim().to_lowercase();
     let row = client
         .query_one(
             "INSERT INTO tidewire.users (email, password_hash, role) VALUES ($1, $2, 'admin')
@@ -148,4 +214,29 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
         EnvFilter::try_new(filter).with_context(|| format!("bad --log filter `{filter}`"))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psql_gets_the_password_apart_from_the_connection_string() {
+        let (conninfo, password) =
+            without_password("postgres://postgres:p%40ss%27w@127.0.0.1:5433/tidewire").unwrap();
+        assert_eq!(password.as_deref(), Some(&b"p@ss'w"[..]));
+        assert_eq!(
+            conninfo,
+            "host='127.0.0.1' port='5433' user='postgres' dbname='tidewire'"
+        );
+        assert!(!conninfo.contains("p@ss") && !conninfo.contains("%40"));
+
+        let (conninfo, password) =
+            without_password("host=db user=ann password=secret dbname='my db'").unwrap();
+        assert_eq!(password.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(conninfo, "host='db' user='ann' dbname='my db'");
+
+        let (_, password) = without_password("postgres://ann@db/app").unwrap();
+        assert_eq!(password, None);
+    }
 }

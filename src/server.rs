@@ -4,6 +4,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{atomic::AtomicUsize, Arc},
     time::{Duration, Instant},
 };
@@ -21,11 +22,12 @@ use crate::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
         ListenerStatus, PageLimit, Pruner, Watchdog,
     },
-    domains::{countdown::Countdowns, dashboard::Traffic},
+    domains::{accounts::CredentialLimits, countdown::Countdowns, dashboard::Traffic},
     fanout::Fanout,
     graphql::{build_schema, Limits, Services},
-    http::{router, Admission, AppState, RateLimiter},
+    http::{router, serve, Admission, AppState, ConnectionLimits, RateLimiter},
     hub::Hub,
+    request_guard::QueryLimits,
 };
 
 /// Bytes one listener read may hold: pages of many subscribers' changes.
@@ -40,6 +42,10 @@ pub enum ServerError {
     NoDatabase,
     #[error("database unreachable after {waited:?}: {source}")]
     Unreachable { waited: Duration, source: DbError },
+    /// A failure retrying cannot fix: a bad connection string, a wrong
+    /// password, a database that does not exist, no permission to connect.
+    #[error("cannot use the database: {error}")]
+    Refused { error: DbError },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("authentication setup: {0}")]
@@ -83,7 +89,13 @@ impl App {
         migrate(&url).await?;
         let pool = connect_pool(&url, config.pool_size, "tidewire")?;
         let log = ChangeLog::new(connect_log_pool(&url, config.pool_size)?);
-        let hub = Hub::new(config.topic_buffer, log.head().await?);
+        // Half the log pool for catch-up reads; the rest stays free for
+        // subscription starts and pruning.
+        let hub = Hub::new(
+            config.topic_buffer,
+            log.head().await?,
+            (config.pool_size / 2).max(1),
+        );
         Ok(App {
             config,
             verifier: Arc::new(verifier),
@@ -107,7 +119,6 @@ impl App {
         let listener_task = tokio::spawn(
             Listener {
                 url: self.url.clone(),
-                log: self.log.clone(),
                 hub: self.hub.clone(),
                 status: status.clone(),
                 limit: PageLimit {
@@ -138,6 +149,10 @@ impl App {
             }
             .run(stop_rx.clone()),
         );
+        let query_limits = QueryLimits {
+            max_bytes: self.config.max_query_bytes,
+            max_nesting: self.config.max_query_nesting,
+        };
         let countdowns = Arc::new(Countdowns::default());
         let traffic = Arc::new(Traffic::default());
         let schema = build_schema(
@@ -152,6 +167,10 @@ impl App {
                     .as_deref()
                     .map(|secret| Issuer::new(secret, self.config.token_ttl.as_secs() as i64)),
                 rate_limiter: Arc::new(RateLimiter::new(self.config.mutations_per_second)),
+                credential_limits: Arc::new(CredentialLimits::new(
+                    self.config.credential_attempts_per_address,
+                    self.config.credential_attempts_per_account,
+                )),
                 traffic: traffic.clone(),
             },
             Limits {
@@ -162,9 +181,18 @@ impl App {
                 max_depth: self.config.max_depth,
                 max_complexity: self.config.max_complexity,
                 max_countdown: self.config.max_countdown,
+                query: query_limits,
+                max_where_bytes: self.config.max_where_bytes,
+                max_where_conditions: self.config.max_where_conditions,
+                max_where_in_values: self.config.max_where_in_values,
             },
         );
-        let fanout = Fanout::new(schema.clone(), self.hub.clone(), self.config.group_buffer);
+        let fanout = Fanout::new(
+            schema.clone(),
+            self.hub.clone(),
+            self.config.group_buffer,
+            query_limits,
+        );
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let state = AppState {
             schema,
@@ -176,6 +204,10 @@ impl App {
             sockets: Arc::new(AtomicUsize::new(0)),
             subscriptions: Arc::new(AtomicUsize::new(0)),
             max_message_bytes: self.config.max_message_bytes,
+            max_body_bytes: self.config.max_body_bytes,
+            http_read_timeout: self.config.http_read_timeout,
+            ws_message_timeout: self.config.ws_message_timeout,
+            metrics_token: self.config.metrics_token.clone(),
             max_queued_bytes: self.config.max_queued_bytes,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
             keepalive: self.config.keepalive,
@@ -185,9 +217,10 @@ impl App {
             verifier: self.verifier.clone(),
             revocations,
             admission: Arc::new(Admission::new(
-                self.config.max_connections_per_address,
                 self.config.max_connections_per_user,
-                self.config.allowed_origins.clone(),
+                own_origins(listener.local_addr()?, self.config.public_origin.as_deref())
+                    .into_iter()
+                    .chain(self.config.allowed_origins.iter().cloned()),
             )),
             fanout,
             countdowns,
@@ -198,12 +231,11 @@ impl App {
             traffic,
             stop_rx_presence,
         ));
-        let app = router(state);
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let limits = ConnectionLimits {
+            per_address: self.config.max_connections_per_address,
+            read_timeout: self.config.http_read_timeout,
+        };
+        serve(listener, router(state), limits, async move {
             shutdown.await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
@@ -219,16 +251,41 @@ impl App {
         let _ = tokio::join!(listener_task, watchdog_task, pruner_task, presence_task);
         self.pool.close();
         tracing::info!("stopped");
-        Ok(served?)
+        Ok(())
     }
 }
 
+/// The origins of this server's own pages: `public` when configured, else
+/// `http://` the bound address, with `localhost` and the loopback addresses
+/// when it listens on loopback or on every interface.
+fn own_origins(local: SocketAddr, public: Option<&str>) -> Vec<String> {
+    if let Some(public) = public {
+        return vec![public.to_owned()];
+    }
+    let port = local.port();
+    let mut origins = Vec::new();
+    if !local.ip().is_unspecified() {
+        origins.push(format!("http://{local}"));
+    }
+    if local.ip().is_loopback() || local.ip().is_unspecified() {
+        for host in ["localhost", "127.0.0.1", "[::1]"] {
+            origins.push(format!("http://{host}:{port}"));
+        }
+    }
+    origins
+}
+
+/// Connects once to check the database, retrying for `patience` while it
+/// is out of reach (refused, timed out, starting up). Anything else, such
+/// as a wrong password or a missing database, fails at once with what
+/// Postgres said.
 async fn wait_for_database(url: &str, patience: Duration) -> Result<(), ServerError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
         match connect_once(url).await {
             Ok(_) => return Ok(()),
+            Err(error) if !error.is_unreachable() => return Err(ServerError::Refused { error }),
             Err(source) if started.elapsed() + delay > patience => {
                 return Err(ServerError::Unreachable {
                     waited: started.elapsed(),

@@ -1,13 +1,15 @@
 //! Accounts and sessions: sign-up, sign-in, sign-out and revocation that
-//! ends streams on every node, rate limits, and the first admin.
+//! ends streams on every node, tokens whose session is gone or cannot be
+//! checked, credential-attempt limits, and the first admin.
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::{fresh_database, wait_for_subscribers, GqlClient, TestServer, CHANGES};
+use common::{fresh_database, wait_for_subscribers, GqlClient, TestServer, CHANGES, WAIT};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
+use tidewire::config::Config;
 
 const SECRET: &str = "accounts-secret-accounts-secret-0001";
 
@@ -197,19 +199,365 @@ async fn mutations_are_rate_limited() {
     })
     .await;
     let mut limited = 0;
+    // A cheap mutation, so the limiter refills little during the loop.
     for _ in 0..12 {
-        let response = mutate(
-            &server,
-            None,
-            SIGN_IN,
-            json!({"e": "x@example.com", "p": "whatever1"}),
-        )
-        .await;
+        let response = mutate(&server, None, "mutation { signOut }", json!({})).await;
         if response["errors"][0]["extensions"]["code"] == "RATE_LIMITED" {
             limited += 1;
         }
     }
     assert!(limited >= 5, "only {limited} of 12 were limited");
+}
+
+/// A server with `SECRET`, no mutation limit to speak of, and `adjust`.
+async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::start_with(|config| {
+        config.jwt_secret = Some(SECRET.into());
+        config.mutations_per_second = 1000;
+        adjust(config);
+    })
+    .await
+}
+
+fn code(response: &Value) -> &str {
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("none")
+}
+
+#[tokio::test]
+async fn concurrent_sign_ins_do_not_exhaust_a_small_pool() {
+    // Each sign-in once held one pooled connection while asking for a
+    // second: a dozen at once on a pool of 2 waited for each other until
+    // the pool's 10 s wait timeout.
+    let server = server_with(|config| {
+        config.pool_size = 2;
+        config.credential_attempts_per_account = 1000;
+        config.credential_attempts_per_address = 1000;
+    })
+    .await;
+    let up = mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "many@example.com", "p": "password1"}),
+    )
+    .await;
+    assert!(up["data"]["signUp"]["token"].is_string(), "{up}");
+    let started = Instant::now();
+    let attempts = (0..12).map(|_| {
+        mutate(
+            &server,
+            None,
+            SIGN_IN,
+            json!({"e": "many@example.com", "p": "password1"}),
+        )
+    });
+    let responses = tokio::time::timeout(
+        Duration::from_secs(8),
+        futures_util::future::join_all(attempts),
+    )
+    .await
+    .expect("concurrent sign-ins stalled");
+    for response in responses {
+        assert!(
+            response["data"]["signIn"]["token"].is_string(),
+            "{response}"
+        );
+    }
+    eprintln!(
+        "12 concurrent sign-ins on a pool of 2: {:?}",
+        started.elapsed()
+    );
+    let (status, _) = server.post_as(&sign_up_token(&up), "{ me { id } }").await;
+    assert_eq!(status, 200, "the pool still serves requests");
+}
+
+fn sign_up_token(response: &Value) -> String {
+    response["data"]["signUp"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sign_in_attempts_on_one_account_are_limited_whatever_token_comes_along() {
+    let server = server_with(|config| {
+        config.credential_attempts_per_account = 4;
+        config.credential_attempts_per_address = 1000;
+    })
+    .await;
+    let up = mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "eve@example.com", "p": "password1"}),
+    )
+    .await;
+    assert!(up["data"]["signUp"]["token"].is_string(), "{up}");
+    // Every guess comes with another caller's token: a session, a user of
+    // its own to be limited under. signUp was the account's first attempt.
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let caller = common::token(SECRET, &format!("caller-{i}"), "user", 600);
+        let guess = mutate(
+            &server,
+            Some(&caller),
+            SIGN_IN,
+            json!({"e": "Eve@Example.com", "p": format!("guess-{i}-x")}),
+        )
+        .await;
+        codes.push(code(&guess).to_owned());
+    }
+    assert_eq!(
+        codes,
+        [
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "RATE_LIMITED",
+            "RATE_LIMITED",
+            "RATE_LIMITED"
+        ]
+    );
+    // The right password waits too; other accounts do not.
+    let right = mutate(
+        &server,
+        None,
+        SIGN_IN,
+        json!({"e": "eve@example.com", "p": "password1"}),
+    )
+    .await;
+    assert_eq!(code(&right), "RATE_LIMITED", "{right}");
+    let other = mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "fay@example.com", "p": "password1"}),
+    )
+    .await;
+    assert!(other["data"]["signUp"]["token"].is_string(), "{other}");
+}
+
+#[tokio::test]
+async fn credential_attempts_from_one_address_are_limited_across_accounts() {
+    let server = server_with(|config| {
+        config.credential_attempts_per_account = 1000;
+        config.credential_attempts_per_address = 3;
+    })
+    .await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let caller = common::token(SECRET, &format!("caller-{i}"), "user", 600);
+        let guess = mutate(
+            &server,
+            Some(&caller),
+            SIGN_IN,
+            json!({"e": format!("user{i}@example.com"), "p": "password1"}),
+        )
+        .await;
+        codes.push(code(&guess).to_owned());
+    }
+    assert_eq!(
+        codes,
+        [
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "RATE_LIMITED",
+            "RATE_LIMITED"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_email_and_a_wrong_password_look_the_same() {
+    let server = server_with(|config| {
+        config.credential_attempts_per_account = 1000;
+        config.credential_attempts_per_address = 1000;
+    })
+    .await;
+    mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "gus@example.com", "p": "password1"}),
+    )
+    .await;
+    let attempt = |email: &'static str| {
+        let server = &server;
+        async move {
+            let started = Instant::now();
+            let response = mutate(
+                server,
+                None,
+                SIGN_IN,
+                json!({"e": email, "p": "not-the-password"}),
+            )
+            .await;
+            (response["errors"].clone(), started.elapsed())
+        }
+    };
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let (errors, took) = attempt("nobody@example.com").await;
+        unknown.push(took);
+        let (same, took) = attempt("gus@example.com").await;
+        wrong.push(took);
+        assert_eq!(errors, same);
+        assert_eq!(errors[0]["message"], "wrong email or password");
+        assert_eq!(errors[0]["extensions"]["code"], "UNAUTHENTICATED");
+    }
+    // An unknown email costs a password check too (against a dummy hash),
+    // so it cannot be told apart by being quick.
+    unknown.sort();
+    wrong.sort();
+    let (unknown, wrong) = (unknown[3], wrong[3]);
+    eprintln!("median sign-in: unknown email {unknown:?}, wrong password {wrong:?}");
+    assert!(
+        unknown * 2 >= wrong,
+        "unknown email {unknown:?} vs wrong password {wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn look_alike_emails_reach_one_account_and_invisible_ones_are_refused() {
+    let server = server().await;
+    let up = mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "hal@example.com", "p": "password1"}),
+    )
+    .await;
+    assert!(up["data"]["signUp"]["token"].is_string(), "{up}");
+    // Full-width letters fold to the same account…
+    let (_, _) = sign_in(&server, "ＨＡＬ@example.com", "password1").await;
+    let again = mutate(
+        &server,
+        None,
+        SIGN_UP,
+        json!({"e": "ＨＡＬ@ＥＸＡＭＰＬＥ.com", "p": "password1"}),
+    )
+    .await;
+    assert_eq!(code(&again), "BAD_USER_INPUT", "{again}");
+    // …and a zero-width twin is no email at all.
+    for twin in [
+        "ha\u{200B}l@example.com",
+        "hal\u{2060}@example.com",
+        "\u{FEFF}hal@example.com",
+    ] {
+        for query in [SIGN_UP, SIGN_IN] {
+            let response = mutate(&server, None, query, json!({"e": twin, "p": "password1"})).await;
+            assert_eq!(code(&response), "BAD_USER_INPUT", "{twin:?}: {response}");
+        }
+    }
+}
+
+/// Signs up `email` and returns its token and user id.
+async fn signed_up(server: &TestServer, email: &str) -> (String, String) {
+    let up = mutate(server, None, SIGN_UP, json!({"e": email, "p": "password1"})).await;
+    let data = &up["data"]["signUp"];
+    assert!(data["token"].is_string(), "{up}");
+    (
+        data["token"].as_str().unwrap().to_owned(),
+        data["user"]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Asserts `token` is refused over HTTP (401) and in `connection_init`.
+async fn assert_refused(server: &TestServer, token: &str) {
+    let (status, body) = server.post_as(token, "{ me { id } }").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(code(&body), "UNAUTHENTICATED", "{body}");
+    let mut client = GqlClient::init_with(
+        server.addr,
+        json!({"authorization": format!("Bearer {token}")}),
+    )
+    .await;
+    assert_eq!(client.closed().await.0, 4403);
+}
+
+#[tokio::test]
+async fn a_token_naming_a_session_that_does_not_exist_is_refused() {
+    let server = server().await;
+    let (_, user_id) = signed_up(&server, "ida@example.com").await;
+    // Signed with the server's own secret, for a real user, but no such
+    // session was ever opened.
+    for sid in ["0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60", "made-up"] {
+        let token = common::session_token(SECRET, &user_id, "user", sid, 600);
+        assert_refused(&server, &token).await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_user_ends_their_tokens() {
+    let server = server().await;
+    let (token, user_id) = signed_up(&server, "jo@example.com").await;
+    let (status, _) = server.post_as(&token, "{ me { id } }").await;
+    assert_eq!(status, 200);
+    server
+        .db()
+        .await
+        .execute(
+            "DELETE FROM tidewire.users WHERE id = $1::text::uuid",
+            &[&user_id],
+        )
+        .await
+        .unwrap();
+    assert_refused(&server, &token).await;
+}
+
+#[tokio::test]
+async fn a_session_check_that_fails_refuses_the_token() {
+    let server = server().await;
+    let (token, _) = signed_up(&server, "kim@example.com").await;
+    let mut streaming = subscribed(&server, &token).await;
+    wait_for_subscribers(&server, 1).await;
+
+    // The check cannot run while the table is away.
+    let db = server.db().await;
+    db.batch_execute("ALTER TABLE tidewire.sessions RENAME TO sessions_away")
+        .await
+        .unwrap();
+    let (status, body) = server.post_as(&token, "{ me { id } }").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(code(&body), "INTERNAL", "{body}");
+    let mut client = GqlClient::init_with(
+        server.addr,
+        json!({"authorization": format!("Bearer {token}")}),
+    )
+    .await;
+    assert_eq!(client.closed().await.0, 4403);
+
+    // A listener reconnect makes open connections re-check their session:
+    // a re-check that fails ends the streams.
+    let killed: bool = db
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = 'tidewire-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let payload = streaming.next_payload("e").await;
+    assert_eq!(code(&payload), "UNAUTHENTICATED", "{payload}");
+    assert_eq!(streaming.closed().await.0, 4403);
+
+    db.batch_execute("ALTER TABLE tidewire.sessions_away RENAME TO sessions")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.post_as(&token, "{ me { id } }").await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

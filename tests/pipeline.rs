@@ -416,9 +416,14 @@ async fn queries_over_http_post() {
         .unwrap()
         .clone();
     assert!(tables.contains(&json!("public.items")), "{tables:?}");
-    // The built-in domains' tables are tracked too.
+    // The built-in public domain table is tracked too; owner-scoped
+    // notifications are listed only to signed-in users.
     assert!(
-        tables.contains(&json!("tidewire.notifications")),
+        tables.contains(&json!("tidewire.stock_prices")),
+        "{tables:?}"
+    );
+    assert!(
+        !tables.contains(&json!("tidewire.notifications")),
         "{tables:?}"
     );
     let response = server.post("{ nope }", json!({})).await;

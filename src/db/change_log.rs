@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row, Statement};
 
 use super::{Cursor, DbError};
 
@@ -56,7 +56,25 @@ pub struct TrackedTable {
     pub public: bool,
     /// Users read the rows whose value here is their id.
     pub owner_column: Option<String>,
+    /// Primary-key columns in key order; empty without a primary key. A
+    /// row that leaves a user's ownership is announced by its key alone.
+    pub key_columns: Vec<String>,
 }
+
+/// A tracked table with its columns and key, from `tidewire.tracked`.
+const TRACKED: &str = "
+    SELECT t.name, t.table_name, t.topic,
+           array(SELECT attname::text FROM pg_attribute
+                  WHERE attrelid = t.rel AND attnum > 0 AND NOT attisdropped
+                  ORDER BY attnum),
+           t.public, t.owner_column,
+           array(SELECT a.attname::text
+                   FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid
+                                      AND a.attnum = ANY (i.indkey::int2[])
+                  WHERE i.indrelid = t.rel AND i.indisprimary
+                  ORDER BY array_position(i.indkey::int2[], a.attnum))
+      FROM tidewire.tracked t";
 
 /// One read of the log: rows after a cursor, the retention floor from the
 /// same snapshot, and at most `rows` rows or about `bytes` bytes.
@@ -123,38 +141,8 @@ impl ChangeLog {
         limit: PageLimit,
     ) -> Result<Page, DbError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(READ_PAGE).await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &after.position,
-                    &after.change,
-                    &limit.rows,
-                    &limit.bytes,
-                    &topic,
-                ],
-            )
-            .await?;
-        let first = rows
-            .first()
-            .ok_or_else(|| DbError::Corrupt("tidewire.retention is empty".into()))?;
-        let floor = Cursor::new(first.get(0), first.get(1));
-        let fetched: Option<i64> = first.get(2);
-        let changes = if fetched.is_some() {
-            rows.iter()
-                .map(change_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
-        };
-        let fetched = fetched.unwrap_or(0);
-        let more = fetched >= limit.rows || (changes.len() as i64) < fetched;
-        Ok(Page {
-            changes,
-            floor,
-            more,
-        })
+        let statement = client.prepare_cached(READ_PAGE).await?;
+        read_page(&client, &statement, topic, after, limit).await
     }
 
     /// Deletes commits older than `keep` or beyond the newest
@@ -196,46 +184,109 @@ impl ChangeLog {
         Ok(Cursor::new(row.get(0), row.get(1)))
     }
 
-    /// The tracked table a client names, as `schema.table` or, when only
-    /// one tracked table has that name, as `table`.
-    pub async fn tracked_table(&self, name: &str) -> Result<Option<TrackedTable>, DbError> {
+    /// The tracked tables a client's `name` may mean: the one named so
+    /// (`schema.table`), or else every tracked table with that bare name.
+    /// None: not tracked; more than one: ambiguous.
+    pub async fn tracked_table(&self, name: &str) -> Result<Vec<TrackedTable>, DbError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT t.name, t.table_name, t.topic,
-                        array(SELECT attname::text FROM pg_attribute
-                               WHERE attrelid = t.rel AND attnum > 0 AND NOT attisdropped
-                               ORDER BY attnum),
-                        t.public, t.owner_column
-                   FROM tidewire.tracked t
-                  WHERE t.name = $1 OR t.table_name = $1
-                  ORDER BY t.name = $1 DESC",
+                &format!("{TRACKED} WHERE t.name = $1 OR t.table_name = $1 ORDER BY t.name"),
                 &[&name],
             )
             .await?;
-        // Exact matches sort first; a bare table name must be unambiguous.
-        let row = match rows.first() {
-            Some(first) if first.get::<_, &str>(0) == name || rows.len() == 1 => first,
-            _ => return Ok(None),
-        };
-        Ok(Some(TrackedTable {
-            name: row.get(0),
-            table_name: row.get(1),
-            topic: row.get(2),
-            columns: row.get(3),
-            public: row.get(4),
-            owner_column: row.get(5),
-        }))
+        let mut tables: Vec<TrackedTable> = rows.iter().map(tracked_from_row).collect();
+        // An exact qualified name wins over bare names that equal it.
+        if let Some(exact) = tables.iter().position(|t| t.name == name) {
+            return Ok(vec![tables.swap_remove(exact)]);
+        }
+        Ok(tables)
     }
 
-    /// Every tracked table's client-facing name.
-    pub async fn tracked_names(&self) -> Result<Vec<String>, DbError> {
+    /// Every tracked table, by name.
+    pub async fn tracked_tables(&self) -> Result<Vec<TrackedTable>, DbError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT name FROM tidewire.tracked ORDER BY name", &[])
+            .query(&format!("{TRACKED} ORDER BY t.name"), &[])
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(tracked_from_row).collect())
     }
+}
+
+fn tracked_from_row(row: &Row) -> TrackedTable {
+    TrackedTable {
+        name: row.get(0),
+        table_name: row.get(1),
+        topic: row.get(2),
+        columns: row.get(3),
+        public: row.get(4),
+        owner_column: row.get(5),
+        key_columns: row.get(6),
+    }
+}
+
+/// A reader of the log on a connection of its own (the listener's): no
+/// client can make it wait for a pooled connection.
+pub(super) struct OwnLogReader<'a> {
+    client: &'a Client,
+    statement: Statement,
+}
+
+impl<'a> OwnLogReader<'a> {
+    pub(super) async fn prepare(client: &'a Client) -> Result<OwnLogReader<'a>, DbError> {
+        let statement = client.prepare(READ_PAGE).await?;
+        Ok(OwnLogReader { client, statement })
+    }
+
+    /// Changes of every topic after `after`, in commit order.
+    pub(super) async fn read_after(
+        &self,
+        after: Cursor,
+        limit: PageLimit,
+    ) -> Result<Page, DbError> {
+        read_page(self.client, &self.statement, None, after, limit).await
+    }
+}
+
+/// One page of the log, read with the prepared [`READ_PAGE`].
+async fn read_page(
+    client: &Client,
+    statement: &Statement,
+    topic: Option<&str>,
+    after: Cursor,
+    limit: PageLimit,
+) -> Result<Page, DbError> {
+    let rows = client
+        .query(
+            statement,
+            &[
+                &after.position,
+                &after.change,
+                &limit.rows,
+                &limit.bytes,
+                &topic,
+            ],
+        )
+        .await?;
+    let first = rows
+        .first()
+        .ok_or_else(|| DbError::Corrupt("tidewire.retention is empty".into()))?;
+    let floor = Cursor::new(first.get(0), first.get(1));
+    let fetched: Option<i64> = first.get(2);
+    let changes = if fetched.is_some() {
+        rows.iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let fetched = fetched.unwrap_or(0);
+    let more = fetched >= limit.rows || (changes.len() as i64) < fetched;
+    Ok(Page {
+        changes,
+        floor,
+        more,
+    })
 }
 
 fn change_from_row(row: &Row) -> Result<Change, DbError> {

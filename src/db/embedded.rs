@@ -10,13 +10,19 @@
 //! A guardian process (`sh` reading our end of a pipe) stops the cluster when
 //! this process goes away by any means, including SIGKILL, so a crashed
 //! Tidewire never leaves an orphaned server behind.
+//!
+//! Secrets (the superuser password, the development JWT secret) are written
+//! only with [`write_private`]: a new file, never one that exists or a
+//! symlink someone placed there, readable by its owner alone. `initdb` reads
+//! the password from such a file inside a folder of random name that only
+//! the Postgres user can enter.
 
 use std::{
     fs,
-    io::Read,
+    io::{Read, Write},
     net::TcpListener,
     os::unix::{
-        fs::{MetadataExt, PermissionsExt},
+        fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
         process::CommandExt,
     },
     path::{Path, PathBuf},
@@ -199,8 +205,14 @@ impl EmbeddedPostgres {
             return Ok(secret.trim().to_owned());
         }
         let secret = random_hex(32).map_err(io)?;
-        fs::write(&path, &secret).map_err(io)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        match write_private(&path, &secret, None) {
+            Ok(()) => {}
+            // Another Tidewire on this folder wrote it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok(fs::read_to_string(&path).map_err(io)?.trim().to_owned());
+            }
+            Err(e) => return Err(io(e)),
+        }
         tracing::info!(file = %path.display(), "generated a development JWT secret (set TIDEWIRE_JWT_SECRET in production)");
         Ok(secret)
     }
@@ -322,13 +334,12 @@ fn init_cluster(
         }
     }
     let password = random_hex(24).map_err(io)?;
-    // initdb reads the password from a file the Postgres user can read.
-    let pw_file = std::env::temp_dir().join(format!("tidewire-pw-{}", std::process::id()));
-    fs::write(&pw_file, &password).map_err(io)?;
-    fs::set_permissions(&pw_file, fs::Permissions::from_mode(0o600)).map_err(io)?;
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&pw_file, Some(uid), Some(gid)).map_err(io)?;
-    }
+    // initdb reads the password from a file the Postgres user can read: in
+    // a fresh folder of random name only that user can enter, removed when
+    // `pw_dir` drops.
+    let pw_dir = PrivateDir::create(&std::env::temp_dir(), run_as).map_err(io)?;
+    let pw_file = pw_dir.path.join("pwfile");
+    write_private(&pw_file, &password, run_as).map_err(io)?;
     let mut cmd = Command::new(bin_dir.join("initdb"));
     prepare(&mut cmd, run_as);
     cmd.arg("-D")
@@ -344,7 +355,7 @@ fn init_cluster(
         cmd.arg("--no-sync");
     }
     let result = run("initdb", &mut cmd);
-    let _ = fs::remove_file(&pw_file);
+    drop(pw_dir);
     result?;
 
     let mut conf = String::from(
@@ -357,18 +368,64 @@ fn init_cluster(
     let mut existing = fs::read_to_string(&conf_path).map_err(io)?;
     existing.push_str(&conf);
     fs::write(&conf_path, existing).map_err(io)?;
-    let pw_path = data_dir.join(PASSWORD_FILE);
-    fs::write(&pw_path, &password).map_err(io)?;
-    fs::set_permissions(&pw_path, fs::Permissions::from_mode(0o600)).map_err(io)?;
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&pw_path, Some(uid), Some(gid)).map_err(io)?;
-    }
+    write_private(&data_dir.join(PASSWORD_FILE), &password, run_as).map_err(io)?;
     tracing::info!(dir = %data_dir.display(), "initialized a new embedded Postgres cluster");
     Ok(())
 }
 
+/// Writes `contents` to a new file at `path`, mode 0600, owned by `run_as`
+/// when given (Tidewire runs as root). Fails if anything exists at `path`,
+/// a symlink included (`O_CREAT | O_EXCL`), so a file or link planted there
+/// beforehand is never written through, chmod-ed or chown-ed.
+pub fn write_private(
+    path: &Path,
+    contents: &str,
+    run_as: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask cannot widen 0600, but may narrow it: make it exact. Both
+    // calls act on the open file, not on the path.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+    }
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// A new folder of random name, mode 0700, owned by `run_as` when given;
+/// removed with its contents on drop.
+#[derive(Debug)]
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(parent: &Path, run_as: Option<(u32, u32)>) -> std::io::Result<Self> {
+        let path = parent.join(format!("tidewire-init-{}", random_hex(16)?));
+        // Fails if anything, a symlink included, is already there.
+        fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = PrivateDir { path };
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::lchown(&dir.path, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Connection string of the embedded cluster running on `data_dir`, read
-/// from its pid file and password file (for `tidewire psql`).
+/// from its pid file and password file (for `tidewire psql` and
+/// `create-admin`).
 pub fn running_url(data_dir: &Path) -> Option<String> {
     let dir = absolute(data_dir).ok()?;
     let port = read_pid_file_port(&dir)?;
@@ -479,6 +536,73 @@ mod tests {
         .unwrap();
         assert_eq!(read_pid_file_port(&dir), Some(54321));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh folder for one test.
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidewire-test-{}", random_hex(8).unwrap()));
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn private_files_are_new_and_owner_only() {
+        let dir = scratch();
+        let path = dir.join("secret");
+        let me = fs::metadata(&dir).map(|m| (m.uid(), m.gid())).unwrap();
+        write_private(&path, "s3cret", Some(me)).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "s3cret");
+        assert_eq!(mode(&path), 0o600);
+
+        // An existing file is neither overwritten nor re-moded.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = write_private(&path, "other", None).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "s3cret");
+        assert_eq!(mode(&path), 0o644);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_files_never_follow_a_planted_symlink() {
+        let dir = scratch();
+        let target = dir.join("victim");
+        fs::write(&target, "keep").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.join("pwfile");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = write_private(&link, "s3cret", None).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(mode(&target), 0o644);
+
+        // A dangling link does not get its target created either.
+        let missing = dir.join("missing");
+        let dangling = dir.join("dangling");
+        std::os::unix::fs::symlink(&missing, &dangling).unwrap();
+        assert!(write_private(&dangling, "s3cret", None).is_err());
+        assert!(!missing.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_dirs_are_fresh_owner_only_and_removed() {
+        let parent = scratch();
+        let me = fs::metadata(&parent).map(|m| (m.uid(), m.gid())).unwrap();
+        let one = PrivateDir::create(&parent, Some(me)).unwrap();
+        let two = PrivateDir::create(&parent, None).unwrap();
+        assert_ne!(one.path, two.path);
+        assert_eq!(mode(&one.path), 0o700);
+        let path = one.path.clone();
+        write_private(&path.join("pwfile"), "s3cret", None).unwrap();
+        drop(one);
+        assert!(!path.exists());
+        drop(two);
+        fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]

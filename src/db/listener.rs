@@ -18,7 +18,11 @@ use std::{
 use tokio::sync::{broadcast, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{pool::parse, ChangeLog, Cursor, DbError, PageLimit};
+use super::{
+    change_log::OwnLogReader,
+    pool::{parse, LOG_READ_OPTIONS},
+    Cursor, DbError, PageLimit,
+};
 use crate::hub::Hub;
 
 /// Channel the commit trigger notifies (see sql/V1__change_log.sql).
@@ -80,7 +84,6 @@ impl ListenerStatus {
 
 pub struct Listener {
     pub url: String,
-    pub log: ChangeLog,
     pub hub: Arc<Hub>,
     pub status: Arc<ListenerStatus>,
     pub limit: PageLimit,
@@ -125,7 +128,11 @@ impl Listener {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), DbError> {
         let mut config = parse(&self.url)?;
-        config.application_name("tidewire-listener");
+        // The listener reads the log on this same connection, so catch-up
+        // reads filling the log pool never delay live delivery.
+        config
+            .application_name("tidewire-listener")
+            .options(LOG_READ_OPTIONS);
         let (client, mut connection) = config.connect(NoTls).await?;
 
         // Drive the connection with poll_message: a plainly spawned
@@ -154,8 +161,9 @@ impl Listener {
                 .await?;
             // Revocations sent while we were away were not heard.
             let _ = self.revocations.send(Revocation::Recheck);
+            let reader = OwnLogReader::prepare(&client).await?;
             loop {
-                self.drain(last).await?;
+                self.drain(&reader, last).await?;
                 self.status.live.store(true, Ordering::SeqCst);
                 tokio::select! {
                     _ = wake.notified() => {}
@@ -172,9 +180,9 @@ impl Listener {
     }
 
     /// Publishes everything in the log after `last`.
-    async fn drain(&self, last: &mut Cursor) -> Result<(), DbError> {
+    async fn drain(&self, reader: &OwnLogReader<'_>, last: &mut Cursor) -> Result<(), DbError> {
         loop {
-            let page = self.log.read_after(None, *last, self.limit).await?;
+            let page = reader.read_after(*last, self.limit).await?;
             if page.expired(*last) {
                 // Down for longer than retention: what it missed is gone.
                 // Every subscriber re-reads from its own cursor and learns

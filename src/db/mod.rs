@@ -4,6 +4,7 @@
 mod change_log;
 mod cursor;
 pub mod embedded;
+mod failure;
 mod listener;
 mod migrate;
 mod pool;
@@ -19,14 +20,15 @@ pub use retention::Pruner;
 pub use watchdog::{StuckDetector, Watchdog};
 
 /// Errors of the database layer. Never shown to clients as they are: the
-/// GraphQL layer turns them into a generic `INTERNAL` error.
+/// GraphQL layer turns them into a generic `INTERNAL` error, or
+/// `UNAVAILABLE` when [`DbError::is_unreachable`].
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database configuration: {0}")]
     Config(String),
-    #[error("database: {0}")]
+    #[error("database: {}", failure::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    #[error("database pool: {}", failure::describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("migration failed: {0}")]
     Migration(String),

@@ -16,6 +16,11 @@ pub fn connect_pool(url: &str, size: usize, app_name: &str) -> Result<Pool, DbEr
     build(config, size)
 }
 
+/// Planner settings of every session that reads the log (see
+/// [`connect_log_pool`]).
+pub(super) const LOG_READ_OPTIONS: &str = "-c enable_seqscan=off -c enable_hashjoin=off \
+     -c enable_mergejoin=off -c jit=off -c plan_cache_mode=force_custom_plan";
+
 /// A pool for change-log reads. Every read is a short range scan after a
 /// cursor; on a log that grew fast the planner's statistics lag and it may
 /// pick sequential scans and hash joins whose cost grows with the log. These
@@ -24,10 +29,9 @@ pub fn connect_pool(url: &str, size: usize, app_name: &str) -> Result<Pool, DbEr
 /// keep JIT, which the penalized costs would trigger, out of tiny queries.
 pub fn connect_log_pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let mut config = parse(url)?;
-    config.application_name("tidewire-log").options(
-        "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off \
-             -c jit=off -c plan_cache_mode=force_custom_plan",
-    );
+    config
+        .application_name("tidewire-log")
+        .options(LOG_READ_OPTIONS);
     build(config, size)
 }
 

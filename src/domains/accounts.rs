@@ -1,17 +1,29 @@
 //! Accounts and sessions: `signUp`, `signIn`, `signOut`, `revokeSessions`.
 //!
-//! Passwords are stored as argon2id hashes. Each sign-in opens a session
-//! (`tidewire.sessions`) named in the token's `sid`; revoking it notifies
-//! `tidewire_revoked`, which every node's listener hears, so the session's
-//! streams end everywhere.
+//! Passwords are stored as argon2id hashes ([`password`]). Each sign-in
+//! opens a session (`tidewire.sessions`) named in the token's `sid`;
+//! revoking it notifies `tidewire_revoked`, which every node's listener
+//! hears, so the session's streams end everywhere. A token whose session is
+//! revoked or gone is refused.
+//!
+//! Credential attempts (`signIn`, `signUp`) are limited per client address
+//! and per account ([`CredentialLimits`]), whatever tokens the caller sends
+//! along. Every resolver holds at most one pooled connection at a time, and
+//! none while a password is hashed.
 
-use argon2::{
-    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
-    Argon2,
-};
+mod email;
+mod password;
+
+use std::{net::IpAddr, sync::Arc};
+
 use async_graphql::{Context, Object, Result, SimpleObject, ID};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 
+use self::password::{verify_against_dummy, verify_password};
+pub use self::{
+    email::{normalize_email, EmailError},
+    password::{hash_password, PasswordError},
+};
 use crate::{
     auth::{now, Issuer, Role, Viewer},
     db::REVOKED_CHANNEL,
@@ -48,13 +60,14 @@ impl AccountsMutation {
         password: String,
     ) -> Result<AuthPayload> {
         limit(ctx)?;
-        let email = check_email(&email)?;
+        let email = email_input(&email)?;
+        credential_attempt(ctx, &email)?;
         if password.chars().count() < 8 {
             return Err(
                 ErrorCode::BadUserInput.error("the password must have at least 8 characters")
             );
         }
-        let hash = hash_password(password).await?;
+        let hash = hash_password(password).await.map_err(password_error)?;
         let client = pool(ctx).get().await.map_err(internal)?;
         let row = client
             .query_opt(
@@ -65,7 +78,7 @@ impl AccountsMutation {
             .await
             .map_err(internal)?
             .ok_or_else(|| ErrorCode::BadUserInput.error("an account with this email exists"))?;
-        open_session(ctx, row.get(0), email, Role::User).await
+        open_session(ctx, &client, row.get(0), email, Role::User).await
     }
 
     /// Signs in with email and password.
@@ -76,22 +89,40 @@ impl AccountsMutation {
         password: String,
     ) -> Result<AuthPayload> {
         limit(ctx)?;
+        let email = email_input(&email)?;
+        credential_attempt(ctx, &email)?;
+        // An unknown email and a wrong password take the same work and get
+        // the same answer.
         let wrong = || ErrorCode::Unauthenticated.error("wrong email or password");
-        let client = pool(ctx).get().await.map_err(internal)?;
-        let row = client
-            .query_opt(
-                "SELECT id::text, email, password_hash, role FROM tidewire.users WHERE email = $1",
-                &[&email.trim().to_lowercase()],
-            )
-            .await
-            .map_err(internal)?
-            .ok_or_else(wrong)?;
+        let row = {
+            let client = pool(ctx).get().await.map_err(internal)?;
+            client
+                .query_opt(
+                    "SELECT id::text, email, password_hash, role FROM tidewire.users WHERE email = $1",
+                    &[&email],
+                )
+                .await
+                .map_err(internal)?
+            // The connection goes back to the pool before the slow hash.
+        };
+        let Some(row) = row else {
+            verify_against_dummy(password)
+                .await
+                .map_err(password_error)?;
+            return Err(wrong());
+        };
         let hash: String = row.get(2);
-        if !verify_password(password, hash).await? {
+        if !verify_password(password, hash)
+            .await
+            .map_err(password_error)?
+        {
             return Err(wrong());
         }
+        // The column's CHECK allows only these two; anything else gets the
+        // lesser role.
         let role = Role::parse(row.get::<_, &str>(3)).unwrap_or(Role::User);
-        open_session(ctx, row.get(0), row.get(1), role).await
+        let client = pool(ctx).get().await.map_err(internal)?;
+        open_session(ctx, &client, row.get(0), row.get(1), role).await
     }
 
     /// Ends the caller's session: its streams close on every node.
@@ -156,22 +187,58 @@ pub(crate) fn limit(ctx: &Context<'_>) -> Result<()> {
     }
 }
 
-fn check_email(email: &str) -> Result<String> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-        && !email.chars().any(char::is_whitespace);
-    if valid {
-        Ok(email)
-    } else {
-        Err(ErrorCode::BadUserInput.error("not an email address"))
+/// Limits on credential attempts (`signIn`, `signUp`): per client address
+/// and per target account (normalized email), per minute. Both must allow.
+/// Keyed by neither token nor session, so sending many tokens along does not
+/// buy more attempts.
+#[derive(Debug)]
+pub struct CredentialLimits {
+    per_address: RateLimiter,
+    per_account: RateLimiter,
+}
+
+impl CredentialLimits {
+    pub fn new(per_address_per_minute: u32, per_account_per_minute: u32) -> Self {
+        CredentialLimits {
+            per_address: RateLimiter::per_minute(per_address_per_minute),
+            per_account: RateLimiter::per_minute(per_account_per_minute),
+        }
+    }
+
+    /// Counts one attempt from `address` (unknown addresses share one
+    /// budget) on `email`; false when either limit is reached.
+    pub fn allow(&self, address: Option<IpAddr>, email: &str) -> bool {
+        let address = address.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        self.per_address.allow(&address) && self.per_account.allow(email)
     }
 }
 
+fn credential_attempt(ctx: &Context<'_>, email: &str) -> Result<()> {
+    let limits = ctx
+        .data::<Arc<CredentialLimits>>()
+        .map_err(|e| internal(e.message))?;
+    if limits.allow(ctx.data_opt::<IpAddr>().copied(), email) {
+        Ok(())
+    } else {
+        Err(ErrorCode::RateLimited.error("too many sign-in attempts; try again in a minute"))
+    }
+}
+
+fn email_input(email: &str) -> Result<String> {
+    normalize_email(email).map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))
+}
+
+fn password_error(error: PasswordError) -> async_graphql::Error {
+    match error {
+        PasswordError::Busy => ErrorCode::RateLimited.error(error.to_string()),
+        PasswordError::Failed(_) => internal(error),
+    }
+}
+
+/// Opens a session on `client`, the resolver's one connection.
 async fn open_session(
     ctx: &Context<'_>,
+    client: &Client,
     user_id: String,
     email: String,
     role: Role,
@@ -180,7 +247,6 @@ async fn open_session(
         ErrorCode::BadUserInput.error("this server does not issue tokens (no JWT secret)")
     })?;
     let expires_at = now() + issuer.ttl;
-    let client = pool(ctx).get().await.map_err(internal)?;
     let row = client
         .query_one(
             "INSERT INTO tidewire.sessions (user_id, expires_at)
@@ -227,87 +293,77 @@ async fn revoke(
     Ok(revoked)
 }
 
-/// Whether session `sid` was revoked. Sessions this server does not know
-/// (tokens of another issuer) are not.
-pub async fn is_revoked(pool: &Pool, sid: &str) -> bool {
-    let Ok(client) = pool.get().await else {
-        return false;
-    };
-    client
+/// The session check could not be made (pool or query failed). Callers
+/// refuse the token: an error never counts as "not revoked".
+#[derive(Debug, thiserror::Error)]
+#[error("cannot check the session: {0}")]
+pub struct SessionCheckError(String);
+
+/// Whether a token naming session `sid` must be refused: the session was
+/// revoked, or it does not exist (an id this server never issued, or its
+/// user was deleted, which deletes their sessions). Tokens of an external
+/// issuer carry no `sid` and are not checked here.
+pub async fn is_revoked(pool: &Pool, sid: &str) -> Result<bool, SessionCheckError> {
+    if !is_uuid(sid) {
+        // Not an id this server issues.
+        return Ok(true);
+    }
+    let failed = |e: &dyn std::fmt::Display| SessionCheckError(e.to_string());
+    let client = pool.get().await.map_err(|e| failed(&e))?;
+    let row = client
         .query_opt(
-            "SELECT revoked_at IS NOT NULL FROM tidewire.sessions WHERE id::text = $1",
+            "SELECT revoked_at IS NOT NULL FROM tidewire.sessions WHERE id = $1::text::uuid",
             &[&sid],
         )
         .await
-        .ok()
-        .flatten()
-        .is_some_and(|row| row.get(0))
+        .map_err(|e| failed(&e))?;
+    match row {
+        None => Ok(true),
+        Some(row) => row.try_get(0).map_err(|e| failed(&e)),
+    }
 }
 
-/// argon2id with a random salt, off the async threads (it is slow on
-/// purpose).
-pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let mut bytes = [0u8; 16];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-        let salt =
-            SaltString::encode_b64(&bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .map_err(internal)
+/// The canonical text form of a UUID, as `id::text` gives it.
+fn is_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn passwords_hash_with_argon2id_and_verify() {
-        let hash = hash_password("correct horse".into()).await.unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), hash.clone())
-            .await
-            .unwrap());
-        assert!(!verify_password("wrong horse".into(), hash.clone())
-            .await
-            .unwrap());
-        assert_ne!(
-            hash,
-            hash_password("correct horse".into()).await.unwrap(),
-            "salted"
-        );
+    #[test]
+    fn session_ids_are_canonical_uuids() {
+        assert!(is_uuid("0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60"));
+        for bad in [
+            "",
+            "s1",
+            "0b6f2a2e9a414a7e8f5e1d2c3b4a5f60",
+            "{0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60}",
+            "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f6g",
+            "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f6é",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
     }
 
     #[test]
-    fn emails_are_checked() {
-        assert_eq!(check_email(" Ann@Example.com ").unwrap(), "ann@example.com");
-        for bad in [
-            "",
-            "ann",
-            "@example.com",
-            "ann@localhost",
-            "a b@example.com",
-        ] {
-            assert!(check_email(bad).is_err(), "{bad}");
-        }
+    fn credential_attempts_are_limited_per_address_and_per_account() {
+        let limits = CredentialLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(limits.allow(Some(a), "ann@example.com"));
+        assert!(limits.allow(Some(b), "ann@example.com"));
+        // Ann's account is done for this minute, from any address…
+        assert!(!limits.allow(Some(b), "ann@example.com"));
+        // …while address a, having spent 1 of 3, goes on elsewhere.
+        assert!(limits.allow(Some(a), "bo@example.com"));
+        assert!(limits.allow(Some(a), "cy@example.com"));
+        assert!(!limits.allow(Some(a), "dee@example.com"));
+        assert!(limits.allow(None, "dee@example.com"));
     }
 }

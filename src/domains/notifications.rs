@@ -236,7 +236,8 @@ fn stream_for(
         hub.subscribe(TOPIC),
         after,
         ctx.data_unchecked::<Limits>().page,
-    );
+    )
+    .queued_as(super::catchup_client(ctx));
     let keep = move |change: &Change| {
         change.table == TABLE
             && change.op == Op::Insert

@@ -159,7 +159,8 @@ impl StocksSubscription {
             subscription,
             Some(after),
             ctx.data_unchecked::<Limits>().page,
-        );
+        )
+        .queued_as(super::catchup_client(ctx));
         let wanted = symbol.clone();
         let keep = move |change: &Change| {
             change.table == TABLE

@@ -1,77 +1,29 @@
 //! `Admission`: who may open a WebSocket — the origin allow-list against
-//! cross-site WebSocket hijacking, and caps on connections per address and
-//! per user.
+//! cross-site WebSocket hijacking — and the cap on connections per user.
+//! (Connections per address are capped for every connection in
+//! [`super::connections`].)
 
-use std::{
-    collections::HashMap,
-    hash::Hash,
-    net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::Arc;
 
 use axum::{
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 
+use super::connections::Slots;
+
 #[derive(Debug)]
 pub struct Admission {
-    /// Origins allowed besides the server's own.
+    /// Normalized origins (`scheme://host:port`) whose pages may open
+    /// WebSockets: the server's own and the configured ones.
     origins: Vec<String>,
-    addresses: Slots<IpAddr>,
     users: Slots<String>,
-}
-
-/// Counts open connections per key, up to a limit.
-#[derive(Debug)]
-struct Slots<K> {
-    limit: usize,
-    open: Mutex<HashMap<K, usize>>,
-}
-
-impl<K: Hash + Eq + Clone> Slots<K> {
-    fn new(limit: usize) -> Self {
-        Slots {
-            limit,
-            open: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn take(&self, key: &K) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(key.clone()).or_insert(0);
-        if *count >= self.limit {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn keys(&self) -> Vec<K> {
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    fn give_back(&self, key: &K) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(key);
-            }
-        }
-    }
 }
 
 /// Why an upgrade was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     Origin,
-    TooMany,
 }
 
 impl IntoResponse for Refusal {
@@ -79,35 +31,10 @@ impl IntoResponse for Refusal {
         match self {
             Refusal::Origin => (
                 StatusCode::FORBIDDEN,
-                "WebSocket origin not allowed (see --allowed-origins)\n",
-            )
-                .into_response(),
-            Refusal::TooMany => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many WebSocket connections from this address\n",
+                "WebSocket origin not allowed (see --public-origin and --allowed-origins)\n",
             )
                 .into_response(),
         }
-    }
-}
-
-/// One admitted connection; gives its place back on drop.
-#[derive(Debug)]
-pub struct Ticket {
-    admission: Arc<Admission>,
-    address: IpAddr,
-}
-
-impl Ticket {
-    /// The client's address.
-    pub fn address(&self) -> IpAddr {
-        self.address
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.admission.addresses.give_back(&self.address);
     }
 }
 
@@ -125,13 +52,21 @@ impl Drop for UserTicket {
 }
 
 impl Admission {
-    pub fn new(per_address: usize, per_user: usize, origins: Vec<String>) -> Self {
+    /// `origins`: every origin allowed, the server's own included; entries
+    /// that are not `http(s)://host[:port]` are ignored (and logged).
+    pub fn new(per_user: usize, origins: impl IntoIterator<Item = String>) -> Self {
+        let origins = origins
+            .into_iter()
+            .filter_map(|origin| {
+                let normalized = normalize_origin(&origin);
+                if normalized.is_none() {
+                    tracing::warn!(%origin, "ignoring an origin that is not http(s)://host[:port]");
+                }
+                normalized
+            })
+            .collect();
         Admission {
-            origins: origins
-                .into_iter()
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .collect(),
-            addresses: Slots::new(per_address),
+            origins,
             users: Slots::new(per_user),
         }
     }
@@ -149,40 +84,50 @@ impl Admission {
         })
     }
 
-    pub fn admit(
-        self: &Arc<Self>,
-        headers: &HeaderMap,
-        address: IpAddr,
-    ) -> Result<Ticket, Refusal> {
-        if !self.origin_allowed(headers) {
-            return Err(Refusal::Origin);
-        }
-        if !self.addresses.take(&address) {
-            return Err(Refusal::TooMany);
-        }
-        Ok(Ticket {
-            admission: self.clone(),
-            address,
-        })
-    }
-
-    /// No `Origin` (not a browser), the server's own origin, or a listed one.
-    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+    /// No `Origin` (not a browser), or an allowed one: scheme, host and
+    /// port must all match. The `Host` header is the client's word and
+    /// is not consulted.
+    pub fn admit(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let Some(origin) = headers.get(header::ORIGIN) else {
-            return true;
+            return Ok(());
         };
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        let origin = origin.trim_end_matches('/');
-        if self.origins.iter().any(|allowed| allowed == origin) {
-            return true;
+        let allowed = origin
+            .to_str()
+            .ok()
+            .and_then(normalize_origin)
+            .is_some_and(|origin| self.origins.contains(&origin));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Origin)
         }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin_host = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+    }
+}
+
+/// `scheme://host:port` in lower case with the scheme's default port made
+/// explicit; `None` for anything but an http(s) origin.
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, authority) = origin.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    // `[::1]:4000`, `[::1]`, `host:4000`, `host`.
+    let has_port = match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    };
+    if has_port {
+        let (host, port) = authority.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        (!host.is_empty()).then(|| format!("{scheme}://{host}:{port}"))
+    } else {
+        Some(format!("{scheme}://{authority}:{default_port}"))
     }
 }
 
@@ -192,66 +137,78 @@ mod tests {
 
     use super::*;
 
-    fn headers(origin: Option<&'static str>) -> HeaderMap {
+    fn headers(origin: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_static("tidewire.local:4000"),
-        );
-        if let Some(origin) = origin {
-            headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
-        }
+        // A Host naming the attacker's site changes nothing.
+        headers.insert(header::HOST, HeaderValue::from_static("evil.example"));
+        headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
         headers
     }
 
     #[test]
-    fn origins() {
-        let admission = Arc::new(Admission::new(
+    fn origins_match_on_scheme_host_and_port() {
+        let admission = Admission::new(
             10,
-            10,
-            vec!["https://app.example.com/".into()],
-        ));
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+            [
+                "http://tidewire.local:4000".to_owned(),
+                "https://app.example.com/".to_owned(),
+            ],
+        );
         assert!(
-            admission.admit(&headers(None), ip).is_ok(),
+            admission.admit(&HeaderMap::new()).is_ok(),
             "no Origin: not a browser"
         );
         assert!(admission
-            .admit(&headers(Some("http://tidewire.local:4000")), ip)
+            .admit(&headers("http://tidewire.local:4000"))
             .is_ok());
+        assert!(admission.admit(&headers("https://app.example.com")).is_ok());
         assert!(admission
-            .admit(&headers(Some("https://app.example.com")), ip)
+            .admit(&headers("https://APP.example.com:443"))
             .is_ok());
-        assert_eq!(
-            admission
-                .admit(&headers(Some("https://evil.example")), ip)
-                .unwrap_err(),
-            Refusal::Origin
-        );
-        assert_eq!(
-            admission.admit(&headers(Some("null")), ip).unwrap_err(),
-            Refusal::Origin
-        );
+        for refused in [
+            "https://tidewire.local:4000",
+            "http://tidewire.local:4001",
+            "http://app.example.com",
+            "http://evil.example",
+            "null",
+        ] {
+            assert_eq!(
+                admission.admit(&headers(refused)),
+                Err(Refusal::Origin),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
-    fn connections_per_address_are_counted_and_given_back() {
-        let admission = Arc::new(Admission::new(2, 1, Vec::new()));
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = admission.admit(&headers(None), a).unwrap();
-        let _second = admission.admit(&headers(None), a).unwrap();
+    fn origins_normalize() {
         assert_eq!(
-            admission.admit(&headers(None), a).unwrap_err(),
-            Refusal::TooMany
+            normalize_origin("HTTP://A.b/").as_deref(),
+            Some("http://a.b:80")
         );
-        assert!(
-            admission.admit(&headers(None), b).is_ok(),
-            "other addresses unaffected"
+        assert_eq!(
+            normalize_origin("http://[::1]:4000").as_deref(),
+            Some("http://[::1]:4000")
         );
-        drop(first);
-        assert!(admission.admit(&headers(None), a).is_ok());
+        assert_eq!(
+            normalize_origin("http://[::1]").as_deref(),
+            Some("http://[::1]:80")
+        );
+        for bad in [
+            "ftp://a",
+            "a.b",
+            "http://",
+            "http://a:x",
+            "http://u@a",
+            "null",
+        ] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+    }
 
+    #[test]
+    fn connections_per_user_are_counted_and_given_back() {
+        let admission = Arc::new(Admission::new(1, Vec::new()));
         let ann = admission.admit_user("ann").unwrap();
         assert!(admission.admit_user("ann").is_none());
         assert!(admission.admit_user("ben").is_some());

@@ -2,7 +2,11 @@
 
 use std::{fmt::Write, sync::atomic::Ordering, time::Duration};
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
 
 use super::AppState;
 
@@ -33,8 +37,21 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, body)
 }
 
-/// Prometheus text format.
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text format; behind `--metrics-token` when one is set.
+pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "metrics need `Authorization: Bearer <--metrics-token>`\n",
+            )
+                .into_response();
+        }
+    }
     let listener = &state.listener;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
@@ -128,7 +145,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
          tidewire_notify_queue_usage {}\n",
         listener.queue_usage()
     );
-    ([("content-type", "text/plain; version=0.0.4")], out)
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn database_answers(state: &AppState) -> bool {

@@ -2,6 +2,7 @@
 //! playground, health, readiness and metrics.
 
 mod admission;
+mod connections;
 mod health;
 mod outbox;
 pub mod presence;
@@ -20,7 +21,7 @@ use std::{
 };
 
 use async_graphql::http::{playground_source, GraphQLPlaygroundConfig, GraphiQLSource};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLResponse;
 use axum::{
     extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade},
     http::{header, HeaderMap, StatusCode},
@@ -29,9 +30,12 @@ use axum::{
     Router,
 };
 use deadpool_postgres::Pool;
+use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use admission::Admission;
+pub use admission::{normalize_origin, Admission};
+use connections::WireMeter;
+pub use connections::{serve, ConnectionLimits};
 pub use rate_limit::RateLimiter;
 
 use crate::{
@@ -39,7 +43,7 @@ use crate::{
     db::{ListenerStatus, Revocation},
     domains::countdown::Countdowns,
     domains::dashboard::Traffic,
-    error::with_codes,
+    error::{with_codes, ErrorCode},
     fanout::Fanout,
     graphql::TidewireSchema,
     hub::Hub,
@@ -61,6 +65,14 @@ pub struct AppState {
     /// Subscriptions running over all connections (a metric).
     pub subscriptions: Arc<AtomicUsize>,
     pub max_message_bytes: usize,
+    /// Largest `POST /graphql` body.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers, and then its body.
+    pub http_read_timeout: Duration,
+    /// Time a WebSocket client has to complete a message it started.
+    pub ws_message_timeout: Duration,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
     /// Per-connection bound on outgoing bytes not yet written.
     pub max_queued_bytes: usize,
     /// Outgoing bytes queued over all connections (a metric).
@@ -108,31 +120,132 @@ pub fn router(state: AppState) -> Router {
 async fn graphql_post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
+    request: Request,
 ) -> Response {
     state.traffic.count();
-    let mut request = request.into_inner().data(peer.ip());
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
+    let (parts, body) = request.into_parts();
+    let request = match read_request(&parts.headers, body, &state).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    let mut request = request.data(peer.ip());
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
         let verified = value
             .to_str()
             .map_err(|_| AuthError::NotBearer)
             .and_then(|value| state.verifier.verify_bearer(value));
         let verified = match verified {
-            Ok(viewer) if viewer_revoked(&state, &viewer).await => Err(AuthError::Revoked),
+            Ok(viewer) => match viewer_revoked(&state, &viewer).await {
+                Ok(false) => Ok(viewer),
+                Ok(true) => Err(AuthError::Revoked),
+                // Fail closed, but not with 401: the token may be fine, and
+                // a client told to sign in again would only add load.
+                Err(error) => {
+                    tracing::error!(%error, "refusing a token whose session cannot be checked");
+                    return client_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Internal,
+                        "the session cannot be checked right now; try again shortly",
+                    );
+                }
+            },
             other => other,
         };
         match verified {
             Ok(viewer) => request = request.data(viewer),
             Err(error) => {
-                let body = serde_json::json!({
-                    "errors": [{"message": error.to_string(), "extensions": {"code": "UNAUTHENTICATED"}}]
-                });
-                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+                return client_error(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthenticated,
+                    &error.to_string(),
+                )
             }
         }
     }
     GraphQLResponse::from(with_codes(state.schema.execute(request).await)).into_response()
+}
+
+/// The GraphQL request in a POST body. Only `application/json` is read: a
+/// type a web page can send cross-site without a CORS preflight
+/// (`text/plain`, forms) is refused, and so is a body over
+/// `--max-body-bytes` or one that does not arrive within
+/// `--http-read-timeout`.
+async fn read_request(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    state: &AppState,
+) -> Result<async_graphql::Request, Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(client_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadUserInput,
+            "send the request as `Content-Type: application/json`",
+        ));
+    }
+    let too_large = || {
+        client_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadUserInput,
+            &format!(
+                "the request body is larger than {} bytes",
+                state.max_body_bytes
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut chunks = body.into_data_stream();
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|_| {
+                client_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadUserInput,
+                    "the request body could not be read",
+                )
+            })?;
+            if bytes.len() + chunk.len() > state.max_body_bytes {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let bytes = tokio::time::timeout(state.http_read_timeout, read)
+        .await
+        .map_err(|_| {
+            client_error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadUserInput,
+                "the request body did not arrive in time",
+            )
+        })??;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        client_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadUserInput,
+            &format!("the body is not a GraphQL request: {error}"),
+        )
+    })
+}
+
+/// A GraphQL-shaped JSON error response outside of execution.
+fn client_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{"message": message, "extensions": {"code": code.as_str()}}]
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// A WebSocket upgrade starts a subscription socket; a browser gets GraphiQL.
@@ -142,9 +255,14 @@ async fn graphql_get(
     request: Request,
 ) -> Response {
     let (mut parts, _body) = request.into_parts();
+    let meter = parts
+        .extensions
+        .get::<Arc<WireMeter>>()
+        .cloned()
+        .unwrap_or_default();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => match state.admission.admit(&parts.headers, peer.ip()) {
-            Ok(ticket) => websocket::upgrade(upgrade, state, ticket),
+        Ok(upgrade) => match state.admission.admit(&parts.headers) {
+            Ok(()) => websocket::upgrade(upgrade, state, peer.ip(), meter),
             Err(refusal) => refusal.into_response(),
         },
         Err(_) => Html(
@@ -158,11 +276,17 @@ async fn graphql_get(
     }
 }
 
-/// Whether the viewer's session was revoked (signOut, revokeSessions).
-async fn viewer_revoked(state: &AppState, viewer: &crate::auth::Viewer) -> bool {
+/// Whether the viewer's token must be refused: its session was revoked
+/// (signOut, revokeSessions) or does not exist. Only tokens with a `sid`
+/// (issued here) are checked; an error means the check could not be made,
+/// and the caller refuses.
+async fn viewer_revoked(
+    state: &AppState,
+    viewer: &crate::auth::Viewer,
+) -> Result<bool, crate::domains::accounts::SessionCheckError> {
     match &viewer.session_id {
         Some(sid) => crate::domains::accounts::is_revoked(&state.pool, sid).await,
-        None => false,
+        None => Ok(false),
     }
 }
 

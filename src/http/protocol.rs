@@ -30,6 +30,7 @@ impl Protocol {
 /// Close codes of graphql-transport-ws (also used on the legacy protocol).
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INVALID_MESSAGE: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     auth::Viewer,
     error::with_codes,
-    fanout::{failed_to_start, Member, ResumeFrom, Shape},
+    fanout::{failed_to_start, Member, ResumeFrom},
 };
 
 /// One operation started by `subscribe`.
@@ -54,7 +54,7 @@ impl Drop for Running {
 impl Subscription {
     pub(super) async fn run(self, request: Request) {
         let _running = Running::new(&self.state);
-        let result = match Shape::of(&request, self.viewer.as_ref()) {
+        let result = match self.state.fanout.shape_of(&request, self.viewer.as_ref()) {
             Some(shape) => {
                 drop(request);
                 let member = self.state.fanout.join(shape);

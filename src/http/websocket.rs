@@ -28,7 +28,8 @@ use tokio::{
 };
 
 use super::{
-    admission::{Ticket, UserTicket},
+    admission::UserTicket,
+    connections::{WireLimitExceeded, WireMeter},
     outbox::Outbox,
     protocol::{close, quote, ClientMessage, Frames, Protocol},
     subscription::Subscription,
@@ -40,7 +41,16 @@ use crate::{
     domains::accounts::is_revoked,
 };
 
-pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket) -> Response {
+/// Slack over `--max-message-bytes` a message may take on the wire: frame
+/// headers of a legitimately fragmented message.
+const FRAMING_SLACK: usize = 16 * 1024;
+
+pub(super) fn upgrade(
+    upgrade: WebSocketUpgrade,
+    state: AppState,
+    address: IpAddr,
+    meter: Arc<WireMeter>,
+) -> Response {
     let upgrade = upgrade
         .protocols(Protocol::NAMES)
         .max_message_size(state.max_message_bytes)
@@ -55,13 +65,17 @@ pub(super) fn upgrade(upgrade: WebSocketUpgrade, state: AppState, ticket: Ticket
         .and_then(|p| p.to_str().ok())
         .and_then(Protocol::from_name)
         .unwrap_or(Protocol::TransportWs);
-    upgrade.on_upgrade(move |socket| async move {
-        serve(socket, protocol, Arc::new(state), ticket.address()).await;
-        drop(ticket);
-    })
+    meter.arm(state.max_message_bytes + FRAMING_SLACK);
+    upgrade.on_upgrade(move |socket| serve(socket, protocol, Arc::new(state), address, meter))
 }
 
-async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, address: IpAddr) {
+async fn serve(
+    socket: WebSocket,
+    protocol: Protocol,
+    state: Arc<AppState>,
+    address: IpAddr,
+    meter: Arc<WireMeter>,
+) {
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
@@ -91,6 +105,7 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
     let ending: Option<(u16, String)> = loop {
         tokio::select! {
             message = source.next() => {
+                meter.message_done();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text.to_string(),
                     Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
@@ -99,7 +114,7 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
                     },
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Ok(_)) => continue,
-                    Some(Err(error)) => break too_big(&error),
+                    Some(Err(error)) => break read_failure(&error),
                 };
                 if let Some(ending) = Box::pin(session.handle(&text)).await {
                     break Some(ending);
@@ -127,6 +142,9 @@ async fn serve(socket: WebSocket, protocol: Protocol, state: Arc<AppState>, addr
                 break Some((close::FORBIDDEN, "Forbidden: the token has expired".into()));
             }
             _ = keepalive.tick() => {
+                if meter.message_age().is_some_and(|age| age > state.ws_message_timeout) {
+                    break Some((close::POLICY, "a message was not completed in time".into()));
+                }
                 let ping = match session.frames.keepalive() {
                     Some(ka) if session.initialized => Message::Text(ka.into()),
                     _ => Message::Ping(Default::default()),
@@ -168,11 +186,20 @@ async fn next_revocation(
     }
 }
 
-/// An oversized message closes with 1009; other read errors just end.
-fn too_big(error: &axum::Error) -> Option<(u16, String)> {
-    let text = error.to_string();
-    (text.contains("too long") || text.contains("too big") || text.contains("Space limit"))
-        .then(|| (close::TOO_BIG, "message too big".to_owned()))
+/// An oversized message closes with 1009, one that takes too many bytes on
+/// the wire (endless fragments) with 1008; other read errors just end.
+fn read_failure(error: &axum::Error) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::{error::CapacityError, Error};
+    let cause = std::error::Error::source(error)?.downcast_ref::<Error>()?;
+    match cause {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((close::TOO_BIG, "message too big".to_owned()))
+        }
+        Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<WireLimitExceeded>()) => {
+            Some((close::POLICY, "message too big on the wire".to_owned()))
+        }
+        _ => None,
+    }
 }
 
 /// The reader's state: what the client has set up on this connection.
@@ -231,16 +258,19 @@ impl Session {
                 let _ = self.outbox.text(self.frames.ack()).await;
             }
             ClientMessage::Ping(payload) => {
-                // A ping may carry a fresh token: the connection and its
-                // subscriptions go on under it (same user only).
+                // A ping may carry a fresh token for the user the connection
+                // signed in as in `connection_init` (and is counted against):
+                // the connection and its subscriptions go on under it. Only
+                // `connection_init` signs a connection in.
                 if let Some(value) = authorization(payload.as_ref()) {
+                    let Some(user) = self.viewer.as_ref().map(|v| v.user_id.clone()) else {
+                        return Some((
+                            close::FORBIDDEN,
+                            "Forbidden: sign in with the token in connection_init".into(),
+                        ));
+                    };
                     match self.authenticate(value).await {
-                        Ok(fresh)
-                            if self
-                                .viewer
-                                .as_ref()
-                                .is_none_or(|v| v.user_id == fresh.user_id) =>
-                        {
+                        Ok(fresh) if fresh.user_id == user => {
                             self.viewer = Some(fresh);
                         }
                         Ok(_) => {
@@ -321,9 +351,17 @@ impl Session {
         Ok(viewer)
     }
 
+    /// Whether the viewer's token must be refused: its session is revoked or
+    /// gone, or cannot be checked (fail closed: `connection_init` is refused,
+    /// a failed re-check ends the streams).
     async fn revoked(&self, viewer: &Viewer) -> bool {
         match &viewer.session_id {
-            Some(sid) => is_revoked(&self.state.pool, sid).await,
+            Some(sid) => is_revoked(&self.state.pool, sid)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "refusing a token whose session cannot be checked");
+                    true
+                }),
             None => false,
         }
     }

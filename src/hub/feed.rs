@@ -37,6 +37,9 @@ pub struct Feed {
     backlog: VecDeque<Change>,
     limit: PageLimit,
     expired: bool,
+    /// Whose turn a log read takes in the hub's [`CatchupQueue`](super::CatchupQueue):
+    /// the client's address or user.
+    client: Arc<str>,
 }
 
 impl Feed {
@@ -56,7 +59,15 @@ impl Feed {
             backlog: VecDeque::new(),
             limit,
             expired: false,
+            client: Arc::from("shared"),
         }
+    }
+
+    /// Names the client whose turns this feed's log reads take (its address
+    /// or user); feeds of shared executions keep the default lane.
+    pub fn queued_as(mut self, client: impl Into<Arc<str>>) -> Self {
+        self.client = client.into();
+        self
     }
 
     /// The feed as a stream of the changes `keep` accepts; after a
@@ -88,7 +99,11 @@ impl Feed {
             }
             if self.catching_up {
                 let topic = Some(self.subscription.topic());
-                match self.log.read_after(topic, self.last, self.limit).await {
+                let queue = self.subscription.hub().catchup_queue().clone();
+                let turn = queue.turn(&self.client).await;
+                let read = self.log.read_after(topic, self.last, self.limit).await;
+                drop(turn);
+                match read {
                     Ok(page) if page.expired(self.last) => {
                         self.expired = true;
                         return Some(Err(CursorExpired));

@@ -6,6 +6,7 @@
 //! reads the missed changes back from the log. A topic is removed when its
 //! last subscriber leaves.
 
+mod catchup;
 mod feed;
 mod filter;
 
@@ -19,6 +20,7 @@ use std::{
 
 use tokio::sync::broadcast;
 
+pub use catchup::{CatchupQueue, Turn};
 pub use feed::{CursorExpired, Feed};
 pub use filter::{FilterError, RowFilter};
 
@@ -32,6 +34,8 @@ pub struct Hub {
     capacity: usize,
     /// Times a feed fell behind and switched to the log (a metric).
     catchups: AtomicU64,
+    /// Turns for feeds' log reads.
+    catchup_queue: Arc<CatchupQueue>,
 }
 
 #[derive(Debug, Default)]
@@ -43,8 +47,10 @@ struct HubState {
 }
 
 impl Hub {
-    pub fn new(capacity: usize, published: Cursor) -> Arc<Self> {
+    /// `catchup_slots`: log reads catching-up feeds may run at once.
+    pub fn new(capacity: usize, published: Cursor, catchup_slots: usize) -> Arc<Self> {
         Arc::new(Hub {
+            catchup_queue: CatchupQueue::new(catchup_slots),
             state: Mutex::new(HubState {
                 published,
                 ..HubState::default()
@@ -100,6 +106,11 @@ impl Hub {
     /// Newest published cursor.
     pub fn published(&self) -> Cursor {
         self.lock().published
+    }
+
+    /// Where catching-up feeds wait for their turn to read the log.
+    pub fn catchup_queue(&self) -> &Arc<CatchupQueue> {
+        &self.catchup_queue
     }
 
     pub fn catchups(&self) -> u64 {
@@ -196,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_only_the_subscribed_topic() {
-        let hub = Hub::new(8, Cursor::default());
+        let hub = Hub::new(8, Cursor::default(), 1);
         let mut a = hub.subscribe("a");
         hub.publish(change("b", 1));
         hub.publish(change("a", 2));
@@ -205,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn removes_a_topic_when_its_last_subscriber_leaves() {
-        let hub = Hub::new(8, Cursor::default());
+        let hub = Hub::new(8, Cursor::default(), 1);
         let a1 = hub.subscribe("a");
         let a2 = hub.subscribe("a");
         assert_eq!((hub.topic_count(), hub.subscriber_count()), (1, 2));
@@ -217,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_subscription_starts_after_the_last_published_change() {
-        let hub = Hub::new(8, Cursor::default());
+        let hub = Hub::new(8, Cursor::default(), 1);
         hub.publish(change("a", 5));
         let sub = hub.subscribe("a");
         assert_eq!(sub.start, Cursor::new(5, 5));
@@ -225,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_buffer_lags_the_subscriber_instead_of_blocking() {
-        let hub = Hub::new(2, Cursor::default());
+        let hub = Hub::new(2, Cursor::default(), 1);
         let mut sub = hub.subscribe("a");
         for position in 1..=5 {
             hub.publish(change("a", position));
