@@ -189,6 +189,14 @@ fn viewer(claims: Claims) -> Result<Viewer, AuthError> {
 }
 
 /// Seconds since the epoch.
+/// Time left until the Unix time `at` (zero once it has passed), to the
+/// millisecond: a token's streams end at its `exp`, not up to a second
+/// later.
+pub fn time_until(at: i64) -> std::time::Duration {
+    let at = UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64);
+    at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

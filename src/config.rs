@@ -232,6 +232,13 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_GROUP_BUFFER", default_value_t = 4096)]
     pub group_buffer: usize,
 
+    /// Bytes of results buffered per shared subscription execution (what
+    /// its slowest member has not read yet); past it, that member continues
+    /// alone from the log. Bounds the memory a stalled client can pin,
+    /// however large the rows.
+    #[arg(long, env = "TIDEWIRE_GROUP_BUFFER_BYTES", default_value_t = 4 << 20)]
+    pub group_buffer_bytes: usize,
+
     /// Interval of WebSocket keep-alive pings to clients.
     #[arg(long, env = "TIDEWIRE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
     pub keepalive: Duration,
@@ -277,6 +284,18 @@ pub struct Config {
     /// longer lists belong in a table the rows join against.
     #[arg(long, env = "TIDEWIRE_MAX_WHERE_IN_VALUES", default_value_t = 100)]
     pub max_where_in_values: usize,
+
+    /// Format of log lines: `text` (for people; coloured only when written
+    /// to a terminal) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "TIDEWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {
@@ -340,5 +359,9 @@ mod tests {
         assert_eq!(config.max_message_bytes, 65536);
         assert_eq!(config.credential_attempts_per_address, 30);
         assert_eq!(config.credential_attempts_per_account, 10);
+        assert_eq!(config.log_format, LogFormat::Text);
+        let cli = Cli::parse_from(["tidewire", "--log-format", "json"]);
+        assert_eq!(cli.config.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["tidewire", "--log-format", "xml"]).is_err());
     }
 }

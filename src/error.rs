@@ -3,6 +3,8 @@
 
 use async_graphql::ErrorExtensions;
 
+use crate::db::DbError;
+
 /// The `extensions.code` of every error a client can see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -12,6 +14,9 @@ pub enum ErrorCode {
     NotFound,
     CursorExpired,
     RateLimited,
+    /// The database cannot be reached right now; the same request may
+    /// succeed shortly (retry with backoff, resuming from the last cursor).
+    Unavailable,
     Internal,
 }
 
@@ -24,6 +29,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -57,4 +63,17 @@ pub fn with_codes(mut response: async_graphql::Response) -> async_graphql::Respo
 pub fn internal(error: impl std::fmt::Display) -> async_graphql::Error {
     tracing::error!(%error, "internal error");
     ErrorCode::Internal.error("internal error; the server log has the details")
+}
+
+/// A failed database access: `UNAVAILABLE` when the database cannot be
+/// reached right now (down, restarting, no connection free in time), which
+/// a client should retry; anything else (a failing statement) is
+/// [`internal`].
+pub fn database(error: impl Into<DbError>) -> async_graphql::Error {
+    let error = error.into();
+    if !error.is_unreachable() {
+        return internal(error);
+    }
+    tracing::warn!(%error, "database unavailable");
+    ErrorCode::Unavailable.error("the database is unavailable right now; retry shortly")
 }

@@ -1,21 +1,28 @@
-//! `Fanout`: identical live subscriptions executed once.
+//! `Fanout`: live subscriptions of one shape executed once.
 //!
 //! async-graphql executes a subscription's selection set once per
-//! subscriber. Here subscribers with the same operation and variables (the
-//! subscription's *shape*) share one execution: its results are serialized
-//! once and the same bytes go to every member, which only splices its id
-//! into the frame (invariant 7; Hasura calls this multiplexing).
+//! subscriber. Here subscribers whose requests have the same *shape* —
+//! the same operation, the same variables and the same [`Visibility`]
+//! class — share one execution: each result is serialized once, and the
+//! same bytes go to every member, which only splices its id into the frame
+//! (invariant 7; Hasura calls this multiplexing). The class, not the
+//! session, is in the key, so signed-in users share with each other.
 //!
-//! Only live streams whose items do not depend on when a member joined are
-//! shared: today `changes` without `after`. A member that falls behind the
-//! group's buffer leaves it and continues alone from its last cursor, read
-//! back from the log ([`ResumeFrom`]).
+//! A field opts in with a [`ShareRule`](crate::sharing::ShareRule)
+//! (collected by `graphql::sharing_rules`); the shared selection must
+//! include the item's `cursor`, which then travels in the result itself:
+//! each [`SharedItem`] is a `(cursor, bytes)` pair.
+//!
+//! A group buffers results in a [`Ring`] bounded in items and bytes. A
+//! member that falls behind it leaves for the log: it runs the same shape
+//! alone from its last cursor ([`ResumeAfter`]) and rejoins the group once
+//! it has caught up with what the group delivered.
 
 use std::{
     collections::HashMap,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
 };
@@ -25,61 +32,196 @@ use async_graphql::{
         parse_query,
         types::{OperationType, Selection},
     },
-    Request, Value as GqlValue,
+    Name, Request, Response, Value as GqlValue,
 };
 use futures_util::{stream::Peekable, FutureExt, Stream, StreamExt};
-use tokio::{
-    sync::broadcast::{self, error::RecvError},
-    task::AbortHandle,
-};
+use tokio::task::AbortHandle;
 
 use crate::{
-    auth::Viewer, db::Cursor, error::with_codes, graphql::TidewireSchema, hub::Hub,
+    auth::Viewer,
+    db::Cursor,
+    error::{internal, with_codes},
+    graphql::TidewireSchema,
+    hub::{Hub, ResumeAfter, Ring, RingReceiver, RingRecvError},
     request_guard::QueryLimits,
+    sharing::{ShareQuery, SharingRules, Visibility},
 };
-
-/// Root subscription fields whose streams can be shared.
-const SHAREABLE_FIELDS: &[&str] = &["changes"];
-
-/// Request data: resume a stream after this cursor instead of its `after`
-/// argument (a member leaving its group).
-#[derive(Debug, Clone, Copy)]
-pub struct ResumeFrom(pub Cursor);
-
-/// Request data: the resolver records the cursor of the item it yields, so
-/// a group knows where each shared result stands in the log.
-#[derive(Debug, Clone, Default)]
-pub struct CursorProbe(Arc<Mutex<Option<Cursor>>>);
-
-impl CursorProbe {
-    pub fn set(&self, cursor: Cursor) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(cursor);
-    }
-
-    fn take(&self) -> Option<Cursor> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
 
 /// What identifies a shared execution.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shape {
-    pub query: String,
-    pub operation: Option<String>,
+    query: String,
+    operation: Option<String>,
     /// Variables as canonical JSON text.
-    pub variables: String,
-    /// Results are shared only between subscribers who are the same viewer.
-    pub viewer: Option<Viewer>,
+    variables: String,
+    /// Whose view of the data the results are.
+    visibility: Visibility,
+    /// The root field's key in `data` (its alias or name).
+    response_key: String,
 }
 
 impl Shape {
+    /// A request that executes this shape, as its visibility class.
+    pub fn request(&self) -> Request {
+        let variables = serde_json::from_str(&self.variables).unwrap_or_default();
+        let mut request = Request::new(self.query.clone()).variables(variables);
+        request.operation_name = self.operation.clone();
+        match self.visibility.viewer() {
+            Some(viewer) => request.data(viewer),
+            None => request,
+        }
+    }
+
+    /// A request that continues this shape alone after `cursor`.
+    pub fn resume(&self, after: Cursor) -> Request {
+        self.request().data(ResumeAfter(after))
+    }
+
+    /// The cursor of a result: the root field's `cursor`, which a shared
+    /// selection always includes.
+    pub fn cursor_of(&self, response: &Response) -> Option<Cursor> {
+        let GqlValue::Object(data) = &response.data else {
+            return None;
+        };
+        let GqlValue::Object(item) = data.get(self.response_key.as_str())? else {
+            return None;
+        };
+        match item.get("cursor")? {
+            GqlValue::String(text) => text.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `response`, the first of its stream, means the operation failed
+/// to start (validation, a resolver refusing): it holds only errors and the
+/// stream ends right after it. An error-only response followed by more is a
+/// failed item of a stream that goes on.
+pub(crate) fn failed_to_start<S: Stream + Unpin>(
+    response: &Response,
+    stream: &mut Peekable<S>,
+) -> bool {
+    response.data == GqlValue::Null
+        && !response.errors.is_empty()
+        && matches!(Pin::new(stream).peek().now_or_never(), Some(None))
+}
+
+/// `response` as JSON; a result that cannot be serialized becomes an
+/// `INTERNAL` error payload (logged), never an empty frame.
+pub fn serialize(response: &Response) -> String {
+    serde_json::to_string(response).unwrap_or_else(|error| {
+        let error = internal(format!("serializing a result: {error}"));
+        let errors = serde_json::json!([{
+            "message": error.message,
+            "extensions": {"code": "INTERNAL"},
+        }]);
+        format!(r#"{{"data":null,"errors":{errors}}}"#)
+    })
+}
+
+/// The errors of `response` as a JSON array, for an `error` frame.
+pub fn serialize_errors(response: &Response) -> String {
+    serde_json::to_string(&response.errors).unwrap_or_else(|error| {
+        let error = internal(format!("serializing errors: {error}"));
+        serde_json::json!([{"message": error.message, "extensions": {"code": "INTERNAL"}}])
+            .to_string()
+    })
+}
+
+/// One serialized result of a shared execution.
+#[derive(Debug)]
+pub struct SharedItem {
+    /// Log position of the change behind this result.
+    pub cursor: Option<Cursor>,
+    /// `{"data":…}` or `{"data":…,"errors":[…]}`, serialized once.
+    pub payload: Arc<str>,
+    /// Errors alone, as the first result: the operation failed to start.
+    pub failed_start: Option<Arc<str>>,
+}
+
+struct Group {
+    ring: Arc<Ring<SharedItem>>,
+    /// Cursor of the newest result handed to the ring (set before it is).
+    last: Mutex<Option<Cursor>>,
+    /// Members, in the ring or catching up alone.
+    members: AtomicUsize,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl Group {
+    fn last(&self) -> Option<Cursor> {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Bounds of each group's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupBuffer {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+/// The registry of shared executions.
+pub struct Fanout {
+    schema: TidewireSchema,
+    hub: Arc<Hub>,
+    groups: Mutex<HashMap<Arc<Shape>, Arc<Group>>>,
+    buffer: GroupBuffer,
+    /// Checked before a subscription's query is parsed to find its shape.
+    query_limits: QueryLimits,
+    rules: SharingRules,
+    /// Executions started (a metric: with sharing, far fewer than
+    /// subscriptions).
+    executions: AtomicU64,
+}
+
+impl Fanout {
+    pub fn new(
+        schema: TidewireSchema,
+        hub: Arc<Hub>,
+        buffer: GroupBuffer,
+        query_limits: QueryLimits,
+        rules: SharingRules,
+    ) -> Arc<Fanout> {
+        Arc::new(Fanout {
+            schema,
+            hub,
+            groups: Mutex::new(HashMap::new()),
+            buffer,
+            query_limits,
+            rules,
+            executions: AtomicU64::new(0),
+        })
+    }
+
+    pub fn schema(&self) -> &TidewireSchema {
+        &self.schema
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Bytes buffered over all groups (a metric).
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock().values().map(|g| g.ring.buffered_bytes()).sum()
+    }
+
+    pub fn executions(&self) -> u64 {
+        self.executions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_execution(&self) {
+        self.executions.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The shape of `request`, made by `viewer`, if its stream can be
-    /// shared.
-    /// Queries over `limits` are not shared: executed alone, the schema's
-    /// [`RequestGuard`](crate::request_guard::RequestGuard) refuses them
-    /// with a proper error, and the parser never sees them.
-    pub fn of(request: &Request, viewer: Option<&Viewer>, limits: &QueryLimits) -> Option<Shape> {
-        limits.check(&request.query).ok()?;
+    /// shared: one subscription field with a sharing rule that names a
+    /// class, selecting the item's `cursor`. Queries over the limits are
+    /// not shared: executed alone, the schema's `RequestGuard` refuses them
+    /// with a proper error, and the parser never sees them here.
+    pub async fn shape_of(&self, request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
+        self.query_limits.check(&request.query).ok()?;
         let document = parse_query(&request.query).ok()?;
         let operation = match &request.operation_name {
             Some(name) => {
@@ -101,206 +243,113 @@ impl Shape {
         if operation.node.ty != OperationType::Subscription || !document.fragments.is_empty() {
             return None;
         }
+        let [item] = operation.node.selection_set.node.items.as_slice() else {
+            return None;
+        };
+        let Selection::Field(field) = &item.node else {
+            return None;
+        };
+        let field = &field.node;
+        let selects_cursor = field.selection_set.node.items.iter().any(|item| {
+            matches!(&item.node, Selection::Field(f)
+                if f.node.name.node == "cursor" && f.node.alias.is_none())
+        });
+        if !field.directives.is_empty() || !selects_cursor {
+            return None;
+        }
+        let rule = self.rules.get(field.name.node.as_str())?;
         let variables = &request.variables;
-        let shareable =
-            operation
+        let mut arguments = HashMap::new();
+        for (name, value) in &field.arguments {
+            // Resolve `$variables`; a missing one is null.
+            let value = value
                 .node
-                .selection_set
-                .node
-                .items
-                .iter()
-                .all(|item| match &item.node {
-                    Selection::Field(field) => {
-                        let field = &field.node;
-                        SHAREABLE_FIELDS.contains(&field.name.node.as_str())
-                            && field.directives.is_empty()
-                            && field.get_argument("after").is_none_or(|after| {
-                                // Resolve `$variables`; a missing one is null.
-                                let value = after.node.clone().into_const_with(|name| {
-                                    Ok::<_, ()>(
-                                        variables.get(&name).cloned().unwrap_or(GqlValue::Null),
-                                    )
-                                });
-                                value == Ok(GqlValue::Null)
-                            })
-                    }
-                    _ => false,
-                });
-        shareable.then(|| Shape {
-            query: request.query.clone(),
-            operation: request.operation_name.clone(),
-            variables: serde_json::to_string(variables).unwrap_or_default(),
+                .clone()
+                .into_const_with(|name| {
+                    Ok::<_, ()>(variables.get(&name).cloned().unwrap_or(GqlValue::Null))
+                })
+                .ok()?;
+            arguments.insert(Name::new(name.node.as_str()), value);
+        }
+        let visibility = rule(ShareQuery {
+            arguments,
             viewer: viewer.cloned(),
         })
-    }
-
-    /// A request that executes this shape (as its viewer).
-    pub fn request(&self) -> Request {
-        let mut request = Request::new(self.query.clone())
-            .variables(serde_json::from_str(&self.variables).unwrap_or_default());
-        request.operation_name = self.operation.clone();
-        match &self.viewer {
-            Some(viewer) => request.data(viewer.clone()),
-            None => request,
-        }
-    }
-}
-
-/// Whether `response`, the first of its stream, means the operation failed
-/// to start (validation, a resolver refusing): it holds only errors and the
-/// stream ends right after it. An error-only response followed by more is a
-/// failed item of a stream that goes on.
-pub(crate) fn failed_to_start<S: Stream + Unpin>(
-    response: &async_graphql::Response,
-    stream: &mut Peekable<S>,
-) -> bool {
-    response.data == GqlValue::Null
-        && !response.errors.is_empty()
-        && matches!(Pin::new(stream).peek().now_or_never(), Some(None))
-}
-
-/// One serialized result of a shared execution.
-#[derive(Debug)]
-pub struct SharedItem {
-    /// Log position of the change behind this result, if any.
-    pub cursor: Option<Cursor>,
-    /// `{"data":…}` or `{"data":…,"errors":[…]}`, serialized once.
-    pub payload: Arc<str>,
-    /// Errors alone, as the first result: the operation failed to start.
-    pub failed_start: Option<Arc<str>>,
-}
-
-struct Group {
-    sender: broadcast::Sender<Arc<SharedItem>>,
-    task: AbortHandle,
-    generation: u64,
-}
-
-/// The registry of shared executions.
-pub struct Fanout {
-    schema: TidewireSchema,
-    hub: Arc<Hub>,
-    groups: Mutex<HashMap<Arc<Shape>, Group>>,
-    /// Results buffered per group before a slow member falls out.
-    capacity: usize,
-    generations: AtomicU64,
-    /// Executions started (a metric: with sharing, far fewer than
-    /// subscriptions).
-    executions: AtomicU64,
-    /// Checked before a subscription's query is parsed to find its shape.
-    query_limits: QueryLimits,
-}
-
-impl Fanout {
-    pub fn new(
-        schema: TidewireSchema,
-        hub: Arc<Hub>,
-        capacity: usize,
-        query_limits: QueryLimits,
-    ) -> Arc<Fanout> {
-        Arc::new(Fanout {
-            query_limits,
-            schema,
-            hub,
-            groups: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
-            generations: AtomicU64::new(0),
-            executions: AtomicU64::new(0),
+        .await?;
+        Some(Shape {
+            query: request.query.clone(),
+            operation: request.operation_name.clone(),
+            variables: serde_json::to_string(variables).ok()?,
+            visibility,
+            response_key: field.response_key().node.to_string(),
         })
-    }
-
-    /// The shape of `request` if it can be shared (see [`Shape::of`]).
-    pub fn shape_of(&self, request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
-        Shape::of(request, viewer, &self.query_limits)
-    }
-
-    pub fn schema(&self) -> &TidewireSchema {
-        &self.schema
-    }
-
-    pub fn group_count(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn executions(&self) -> u64 {
-        self.executions.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_execution(&self) {
-        self.executions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Joins the group of `shape`, starting its execution if it has none.
     pub fn join(self: &Arc<Self>, shape: Shape) -> Member {
         let start = self.hub.published();
         let mut groups = self.lock();
-        let (shape, receiver) = match groups.get_key_value(&shape) {
+        let (shape, group) = match groups.get_key_value(&shape) {
             // Members share the group's copy of the shape.
-            Some((key, group)) => (key.clone(), group.sender.subscribe()),
+            Some((key, group)) => (key.clone(), group.clone()),
             None => {
                 let shape = Arc::new(shape);
-                let (sender, receiver) = broadcast::channel(self.capacity);
-                let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-                let task = tokio::spawn(self.clone().execute(
-                    shape.clone(),
-                    sender.clone(),
-                    generation,
-                ));
-                groups.insert(
-                    shape.clone(),
-                    Group {
-                        sender,
-                        task: task.abort_handle(),
-                        generation,
-                    },
-                );
-                (shape, receiver)
+                let group = Arc::new(Group {
+                    ring: Ring::new(self.buffer.items, self.buffer.bytes),
+                    last: Mutex::new(None),
+                    members: AtomicUsize::new(0),
+                    task: Mutex::new(None),
+                });
+                let task = tokio::spawn(self.clone().execute(shape.clone(), group.clone()));
+                *group.task.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(task.abort_handle());
+                groups.insert(shape.clone(), group.clone());
+                (shape, group)
             }
         };
+        group.members.fetch_add(1, Ordering::Relaxed);
+        let receiver = Some(group.ring.subscribe());
+        drop(groups);
         Member {
             fanout: self.clone(),
             shape,
-            receiver: Some(receiver),
+            group,
+            receiver,
             start,
         }
     }
 
-    /// Runs one shared execution until its stream ends or nobody listens.
-    async fn execute(
-        self: Arc<Self>,
-        shape: Arc<Shape>,
-        sender: broadcast::Sender<Arc<SharedItem>>,
-        generation: u64,
-    ) {
+    /// Runs one shared execution until its stream ends or its members left.
+    async fn execute(self: Arc<Self>, shape: Arc<Shape>, group: Arc<Group>) {
         self.count_execution();
-        let probe = CursorProbe::default();
-        let request = shape.request().data(probe.clone());
-        let mut stream = self.schema.execute_stream(request).peekable();
+        let mut stream = self.schema.execute_stream(shape.request()).peekable();
         let mut first = true;
         while let Some(response) = stream.next().await {
             let response = with_codes(response);
             let failed_start = (first && failed_to_start(&response, &mut stream))
-                .then(|| Arc::from(serde_json::to_string(&response.errors).unwrap_or_default()));
+                .then(|| Arc::from(serialize_errors(&response)));
             first = false;
+            let cursor = shape.cursor_of(&response);
+            let payload: Arc<str> = Arc::from(serialize(&response));
+            if cursor.is_some() {
+                *group.last.lock().unwrap_or_else(PoisonError::into_inner) = cursor;
+            }
+            let bytes = payload.len();
             let item = SharedItem {
-                cursor: probe.take(),
-                payload: Arc::from(serde_json::to_string(&response).unwrap_or_default()),
+                cursor,
+                payload,
                 failed_start,
             };
-            if sender.send(Arc::new(item)).is_err() {
-                break;
-            }
+            group.ring.send(Arc::new(item), bytes);
         }
+        group.ring.close();
         let mut groups = self.lock();
-        if groups
-            .get(&shape)
-            .is_some_and(|g| g.generation == generation)
-        {
+        if groups.get(&shape).is_some_and(|g| Arc::ptr_eq(g, &group)) {
             groups.remove(&shape);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<Shape>, Group>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<Shape>, Arc<Group>>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -309,7 +358,9 @@ impl Fanout {
 pub struct Member {
     fanout: Arc<Fanout>,
     shape: Arc<Shape>,
-    receiver: Option<broadcast::Receiver<Arc<SharedItem>>>,
+    group: Arc<Group>,
+    /// `None` while catching up alone from the log.
+    receiver: Option<RingReceiver<SharedItem>>,
     /// Hub position when the member joined: where to resume from if it
     /// falls behind before receiving anything.
     pub start: Cursor,
@@ -320,10 +371,30 @@ impl Member {
         &self.shape
     }
 
-    pub async fn recv(&mut self) -> Result<Arc<SharedItem>, RecvError> {
-        match self.receiver.as_mut() {
-            Some(receiver) => receiver.recv().await,
-            None => Err(RecvError::Closed),
+    /// The group's next result; `Lagged` when it moved on without this
+    /// member (the member then leaves the ring: see [`Member::rejoin`]).
+    pub async fn recv(&mut self) -> Result<Arc<SharedItem>, RingRecvError> {
+        let Some(receiver) = self.receiver.as_mut() else {
+            return Err(RingRecvError::Closed);
+        };
+        let item = receiver.recv().await;
+        if let Err(RingRecvError::Lagged(_)) = item {
+            // Reading alone from the log now: hold no place in the ring.
+            self.receiver = None;
+        }
+        item
+    }
+
+    /// Back into the ring, if the group has delivered nothing after `last`
+    /// (the member's own last cursor, read alone from the log). Results the
+    /// ring then hands out at or before `last` are the caller's to skip.
+    pub fn rejoin(&mut self, last: Cursor) -> bool {
+        let receiver = self.group.ring.subscribe();
+        if self.group.last().is_none_or(|delivered| delivered <= last) {
+            self.receiver = Some(receiver);
+            true
+        } else {
+            false
         }
     }
 }
@@ -332,9 +403,20 @@ impl Drop for Member {
     fn drop(&mut self) {
         drop(self.receiver.take());
         let mut groups = self.fanout.lock();
-        if let Some(group) = groups.get(&self.shape) {
-            if group.sender.receiver_count() == 0 {
-                group.task.abort();
+        if self.group.members.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Some(task) = self
+                .group
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                task.abort();
+            }
+            if groups
+                .get(&self.shape)
+                .is_some_and(|g| Arc::ptr_eq(g, &self.group))
+            {
                 groups.remove(&self.shape);
             }
         }

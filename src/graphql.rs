@@ -22,6 +22,7 @@ use crate::{
     http::RateLimiter,
     hub::Hub,
     request_guard::{QueryLimits, RequestGuard},
+    sharing::SharingRules,
 };
 
 #[derive(MergedObject, Default)]
@@ -110,6 +111,14 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
         Some(issuer) => schema.data(issuer).finish(),
         None => schema.finish(),
     }
+}
+
+/// The sharing rules of every shareable subscription field (see
+/// `crate::sharing`).
+pub fn sharing_rules(log: &ChangeLog) -> SharingRules {
+    SharingRules::default()
+        .with("changes", crate::domains::changes::sharing(log.clone()))
+        .with("notifications", crate::domains::notifications::sharing())
 }
 
 /// The schema's SDL, as committed in `schema.graphql`.

@@ -30,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod request_guard;
 pub mod server;
+pub mod sharing;
 pub mod streams;
 
 pub use graphql::Limits;

@@ -6,7 +6,7 @@ use std::future::Future;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use tidewire::{
-    config::{Cli, Command, Config},
+    config::{Cli, Command, Config, LogFormat},
     db::{
         embedded::{self, EmbeddedOptions, EmbeddedPostgres},
         ensure_database,
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(create_admin(&url, &email, password))
         }
         Command::Serve => {
-            init_logging(&cli.config.log)?;
+            init_logging(&cli.config.log, cli.config.log_format)?;
             tokio::runtime::Runtime::new()?.block_on(serve(cli.config))
         }
     }
@@ -209,10 +209,17 @@ async fn create_admin(url: &str, email: &str, password: String) -> anyhow::Resul
     Ok(())
 }
 
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+/// Logs to standard output: `text` coloured only when that is a terminal
+/// (no escape codes in files and pipes), or `json`, one object per line.
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let filter =
         EnvFilter::try_new(filter).with_context(|| format!("bad --log filter `{filter}`"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     Ok(())
 }
 

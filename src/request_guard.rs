@@ -170,12 +170,11 @@ fn document_has_nul(document: &ExecutableDocument) -> bool {
         set.node.items.iter().any(|item| match &item.node {
             Selection::Field(field) => {
                 let field = &field.node;
-                let arguments = field
+                field
                     .arguments
                     .iter()
-                    .chain(field.directives.iter().flat_map(|d| &d.node.arguments));
-                let mut arguments = arguments;
-                arguments.any(|(_, value)| literal_has_nul(&value.node))
+                    .chain(field.directives.iter().flat_map(|d| &d.node.arguments))
+                    .any(|(_, value)| literal_has_nul(&value.node))
                     || walk(&field.selection_set)
             }
             Selection::InlineFragment(fragment) => walk(&fragment.node.selection_set),

@@ -23,8 +23,8 @@ use crate::{
         ListenerStatus, PageLimit, Pruner, Watchdog,
     },
     domains::{accounts::CredentialLimits, countdown::Countdowns, dashboard::Traffic},
-    fanout::Fanout,
-    graphql::{build_schema, Limits, Services},
+    fanout::{Fanout, GroupBuffer},
+    graphql::{build_schema, sharing_rules, Limits, Services},
     http::{router, serve, Admission, AppState, ConnectionLimits, RateLimiter},
     hub::Hub,
     request_guard::QueryLimits,
@@ -190,8 +190,12 @@ impl App {
         let fanout = Fanout::new(
             schema.clone(),
             self.hub.clone(),
-            self.config.group_buffer,
+            GroupBuffer {
+                items: self.config.group_buffer,
+                bytes: self.config.group_buffer_bytes,
+            },
             query_limits,
+            sharing_rules(&self.log),
         );
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let state = AppState {

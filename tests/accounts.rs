@@ -192,6 +192,39 @@ async fn an_admin_revokes_a_users_sessions_on_every_node() {
 }
 
 #[tokio::test]
+async fn revoking_the_sessions_of_no_user_is_an_error() {
+    let server = server().await;
+    let admin = encode(
+        &Header::default(),
+        &json!({"sub": "root", "role": "admin", "exp": tidewire::auth::now() + 600}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let revoke = "mutation($u: ID!) { revokeSessions(userId: $u) }";
+    let code = |body: &Value| body["errors"][0]["extensions"]["code"].clone();
+    let unknown = json!({"u": "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60"});
+    let unknown = mutate(&server, Some(&admin), revoke, unknown).await;
+    assert_eq!(code(&unknown), "NOT_FOUND", "{unknown}");
+    let malformed = mutate(&server, Some(&admin), revoke, json!({"u": "dee"})).await;
+    assert_eq!(code(&malformed), "BAD_USER_INPUT", "{malformed}");
+
+    // An account without open sessions: none ended, no error.
+    let user_id: String = server
+        .db()
+        .await
+        .query_one(
+            "INSERT INTO tidewire.users (email, password_hash) VALUES ('eve@example.com', 'unused')
+             RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let none = mutate(&server, Some(&admin), revoke, json!({"u": user_id})).await;
+    assert_eq!(none["data"]["revokeSessions"], 0, "{none}");
+}
+
+#[tokio::test]
 async fn mutations_are_rate_limited() {
     let server = TestServer::start_with(|config| {
         config.jwt_secret = Some(SECRET.into());

@@ -29,6 +29,22 @@ async fn as_admin(server: &TestServer, query: &str, variables: Value) -> Value {
         .await
 }
 
+/// An account in `server`'s database: its id, for a token's `sub` and
+/// `sendNotification(userId:)`.
+async fn account(server: &TestServer, name: &str) -> String {
+    server
+        .db()
+        .await
+        .query_one(
+            "INSERT INTO tidewire.users (email, password_hash) VALUES ($1, 'unused')
+             RETURNING id::text",
+            &[&format!("{name}@example.com")],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 const SEND: &str = "mutation($u: ID!, $t: String!) { sendNotification(userId: $u, title: $t, message: \"m\") { id } }";
 const PUBLISH: &str =
     "mutation($s: String!, $v: Float!) { publishStockPrice(symbol: $s, value: $v) }";
@@ -36,13 +52,14 @@ const PUBLISH: &str =
 #[tokio::test]
 async fn users_receive_only_their_own_notifications() {
     let server = server().await;
-    let mut ann = client_as(&server, "ann", "user").await;
-    let mut ben = client_as(&server, "ben", "user").await;
+    let (ann_id, ben_id) = (account(&server, "ann").await, account(&server, "ben").await);
+    let mut ann = client_as(&server, &ann_id, "user").await;
+    let mut ben = client_as(&server, &ben_id, "user").await;
     let sub = "subscription { notifications { title userId cursor } }";
     ann.subscribe("n", sub, json!({})).await;
     ben.subscribe("n", sub, json!({})).await;
     wait_for_subscribers(&server, 2).await;
-    for (user, title) in [("ann", "a1"), ("ben", "b1"), ("ann", "a2")] {
+    for (user, title) in [(&ann_id, "a1"), (&ben_id, "b1"), (&ann_id, "a2")] {
         let sent = as_admin(&server, SEND, json!({"u": user, "t": title})).await;
         assert!(sent["data"]["sendNotification"]["id"].is_string(), "{sent}");
     }
@@ -51,22 +68,22 @@ async fn users_receive_only_their_own_notifications() {
     let b = ben.next_item("n", "notifications").await;
     assert_eq!(
         (b["title"].as_str(), b["userId"].as_str()),
-        (Some("b1"), Some("ben"))
+        (Some("b1"), Some(ben_id.as_str()))
     );
     ben.assert_quiet(Duration::from_millis(300)).await;
 
     // Not an admin: no reading others', no sending.
     ben.subscribe(
         "x",
-        "subscription { notifications(userId: \"ann\") { title } }",
-        json!({}),
+        "subscription($u: ID) { notifications(userId: $u) { title } }",
+        json!({"u": ann_id}),
     )
     .await;
     assert_eq!(
         ben.next_payload("x").await["errors"][0]["extensions"]["code"],
         "FORBIDDEN"
     );
-    ben.subscribe("s", SEND, json!({"u": "ann", "t": "spam"}))
+    ben.subscribe("s", SEND, json!({"u": ann_id, "t": "spam"}))
         .await;
     assert_eq!(
         ben.next_payload("s").await["errors"][0]["extensions"]["code"],
@@ -108,7 +125,8 @@ async fn users_receive_only_their_own_notifications() {
 #[tokio::test]
 async fn notification_batches_go_out_full_or_after_the_wait() {
     let server = server().await;
-    let mut ann = client_as(&server, "ann", "user").await;
+    let ann_id = account(&server, "ann").await;
+    let mut ann = client_as(&server, &ann_id, "user").await;
     ann.subscribe(
         "b",
         "subscription { notificationBatches(maxSize: 3, maxWaitMs: 400) { title } }",
@@ -117,7 +135,7 @@ async fn notification_batches_go_out_full_or_after_the_wait() {
     .await;
     wait_for_subscribers(&server, 1).await;
     for title in ["1", "2", "3", "4"] {
-        as_admin(&server, SEND, json!({"u": "ann", "t": title})).await;
+        as_admin(&server, SEND, json!({"u": ann_id, "t": title})).await;
     }
     let titles = |batch: Value| -> Vec<String> {
         batch
@@ -252,8 +270,16 @@ async fn the_dashboard_counts_users_on_every_node_and_todays_revenue() {
 
     ann.subscribe("o", "mutation { recordOrder(amount: 12.5) }", json!({}))
         .await;
-    let item = dashboard_until(&mut ann, |d| d["revenueToday"] == 12.5).await;
-    assert!(item["requestsPerSecond"].as_f64().unwrap() >= 0.0);
+    dashboard_until(&mut ann, |d| d["revenueToday"] == 12.5).await;
+
+    // Requests are counted: a burst of 30 shows in the rate.
+    for _ in 0..30 {
+        one.post("{ trackedTables }", json!({})).await;
+    }
+    dashboard_until(&mut ann, |d| {
+        d["requestsPerSecond"].as_f64().unwrap_or(0.0) >= 10.0
+    })
+    .await;
 
     let mut anonymous = one.ws().await;
     anonymous
@@ -288,16 +314,17 @@ async fn a_debounced_stock_stream_waits_for_quiet() {
 #[tokio::test]
 async fn an_undecodable_notification_is_an_error_on_that_item_only() {
     let server = server().await;
-    let mut ann = client_as(&server, "ann", "user").await;
+    let ann_id = account(&server, "ann").await;
+    let mut ann = client_as(&server, &ann_id, "user").await;
     ann.subscribe("n", "subscription { notifications { title } }", json!({}))
         .await;
     wait_for_subscribers(&server, 1).await;
     // A change whose row lacks the notification's fields.
     server
-        .sql(
+        .sql(&format!(
             "INSERT INTO tidewire.changes (topic, table_name, op, new_row)
-             VALUES ('notifications', 'tidewire.notifications', 'INSERT', '{\"user_id\": \"ann\"}')",
-        )
+             VALUES ('notifications', 'tidewire.notifications', 'INSERT', '{{\"user_id\": \"{ann_id}\"}}')",
+        ))
         .await;
     let payload = ann.next_payload("n").await;
     assert_eq!(
@@ -305,7 +332,7 @@ async fn an_undecodable_notification_is_an_error_on_that_item_only() {
         "{payload}"
     );
     // The stream goes on.
-    as_admin(&server, SEND, json!({"u": "ann", "t": "fine"})).await;
+    as_admin(&server, SEND, json!({"u": ann_id, "t": "fine"})).await;
     assert_eq!(ann.next_item("n", "notifications").await["title"], "fine");
 }
 
@@ -323,4 +350,55 @@ async fn batch_sizes_are_bounded() {
         ann.next_payload("b").await["errors"][0]["extensions"]["code"],
         "BAD_USER_INPUT"
     );
+}
+
+#[tokio::test]
+async fn send_notification_names_what_was_refused_and_needs_an_account() {
+    let server = server().await;
+    let code = |body: &Value| body["errors"][0]["extensions"]["code"].clone();
+    let anonymous = server
+        .graphql(None, SEND, json!({"u": "someone", "t": "t"}))
+        .await;
+    assert_eq!(code(&anonymous), "UNAUTHENTICATED", "{anonymous}");
+    assert_eq!(
+        anonymous["errors"][0]["message"], "sign in to send notifications",
+        "{anonymous}"
+    );
+
+    // An id no account has, and something that is no id at all.
+    let unknown = json!({"u": "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60", "t": "t"});
+    let unknown = as_admin(&server, SEND, unknown).await;
+    assert_eq!(code(&unknown), "NOT_FOUND", "{unknown}");
+    let malformed = as_admin(&server, SEND, json!({"u": "ann", "t": "t"})).await;
+    assert_eq!(code(&malformed), "BAD_USER_INPUT", "{malformed}");
+    let stored: i64 = server
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM tidewire.notifications", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+
+    let ann_id = account(&server, "ann").await;
+    let sent = as_admin(&server, SEND, json!({"u": ann_id, "t": "t"})).await;
+    assert!(sent["data"]["sendNotification"]["id"].is_string(), "{sent}");
+}
+
+#[tokio::test]
+async fn a_dashboard_interval_below_the_minimum_is_refused() {
+    let server = server().await;
+    let mut ann = client_as(&server, "ann", "user").await;
+    let query = "subscription($i: Int!) { dashboard(intervalMs: $i) { activeUsers } }";
+    ann.subscribe("d", query, json!({"i": 50})).await;
+    let payload = ann.next_payload("d").await;
+    assert_eq!(
+        payload["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{payload}"
+    );
+    let message = payload["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("at least 200"), "{payload}");
+
+    ann.subscribe("e", query, json!({"i": 200})).await;
+    assert!(ann.next_item("e", "dashboard").await["activeUsers"].is_number());
 }

@@ -143,3 +143,144 @@ async fn start_up_waits_for_an_unreachable_database() {
         .to_string();
     assert!(error.contains("database unreachable"), "{error}");
 }
+
+#[tokio::test]
+async fn start_up_fails_at_once_when_retrying_cannot_help() {
+    // The cluster must be up: only then is the refusal about the URL.
+    let _outage = OUTAGE.lock().await;
+    let pg = cluster();
+    let wrong_password = format!("postgres://postgres:wrong@127.0.0.1:{}/postgres", pg.port());
+    let cases = [
+        (pg.url("no_such_database"), "does not exist"),
+        (wrong_password, "password authentication failed"),
+        (
+            "postgres://postgres@127.0.0.1:notaport/x".to_owned(),
+            "invalid connection string",
+        ),
+    ];
+    for (url, expected) in cases {
+        // The default --connect-timeout (60s) must not come into play.
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(WAIT, App::prepare(Config::for_database(url)))
+            .await
+            .unwrap_or_else(|_| panic!("start-up kept retrying ({expected})"));
+        let error = result.err().expect("start-up must fail").to_string();
+        assert!(error.contains(expected), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{error}");
+    }
+}
+
+/// The `tidewire` binary serving with `DATABASE_URL` on a port where
+/// nothing listens, its log lines on a pipe.
+fn tidewire_without_database(extra_env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    command
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:pw@127.0.0.1:1/tidewire",
+        )
+        .env(
+            "TIDEWIRE_JWT_SECRET",
+            "a-secret-of-at-least-32-characters-0001",
+        )
+        .env("TIDEWIRE_LISTEN", "127.0.0.1:0")
+        .env("TIDEWIRE_LOG", "info")
+        .env_remove("TIDEWIRE_LOG_FORMAT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    command.spawn().expect("starting the tidewire binary")
+}
+
+/// The first line of `child`'s log that contains `text`.
+async fn log_line(child: &mut tokio::process::Child, text: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("tidewire exited");
+            if line.contains(text) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {text:?}"))
+}
+
+#[tokio::test]
+async fn ctrl_c_ends_the_wait_for_an_unreachable_database() {
+    let mut child = tidewire_without_database(&[]);
+    let line = log_line(&mut child, "retrying").await;
+    // It names the cause, and a pipe gets no colour codes.
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(!line.contains('\u{1b}'), "escape codes in a pipe: {line:?}");
+
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .expect("Ctrl-C did not end the wait for the database")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let mut child = tidewire_without_database(&[("TIDEWIRE_LOG_FORMAT", "json")]);
+    let line = log_line(&mut child, "retrying").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(entry["level"], "WARN", "{line}");
+    assert_eq!(
+        entry["fields"]["message"], "database unreachable, retrying",
+        "{line}"
+    );
+    assert!(
+        entry["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_started_while_postgres_is_down_is_unavailable() {
+    let _outage = OUTAGE.lock().await;
+    let server = TestServer::start().await;
+    server.track_events().await;
+    let mut client = server.subscribe_events().await;
+    server.sql("INSERT INTO events VALUES (1)").await;
+    let cursor = client.next_item("e", "changes").await["cursor"].clone();
+
+    stop_postgres().await;
+    // Shorter than the client's own wait, so Postgres is restarted before
+    // anything fails.
+    let answers = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut late = server.ws().await;
+        // Resuming, and a new shape (joining `client`'s running execution
+        // would need no database).
+        let resume = serde_json::json!({"table": "events", "after": cursor});
+        let fresh = serde_json::json!({"table": "events", "where": {"id": 2}});
+        late.subscribe("a", common::CHANGES, resume).await;
+        late.subscribe("n", common::CHANGES, fresh).await;
+        [late.next_payload("a").await, late.next_payload("n").await]
+    })
+    .await;
+    start_postgres().await;
+
+    for payload in answers.expect("no answer while Postgres was down") {
+        assert_eq!(
+            payload["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+            "{payload}"
+        );
+    }
+    server.wait_ready().await;
+}

@@ -185,7 +185,7 @@ async fn two_subscriptions_share_one_socket() {
     let server = TestServer::start().await;
     server
         .sql(
-            "CREATE TABLE a (id int); CREATE TABLE b (id int);
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
              SELECT tidewire.track('a', public => true); SELECT tidewire.track('public.b', public => true);",
         )
         .await;

@@ -207,7 +207,7 @@ async fn too_many_subscriptions_on_one_connection_get_rate_limited() {
     let server = TestServer::start_with(|config| config.max_subscriptions = 2).await;
     server
         .sql(
-            "CREATE TABLE a (id int); CREATE TABLE b (id int); CREATE TABLE c (id int);
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE c (id int PRIMARY KEY);
               SELECT tidewire.track('a', public => true); SELECT tidewire.track('b', public => true); SELECT tidewire.track('c', public => true);",
         )
         .await;

@@ -37,6 +37,9 @@ const TABLE: &str = "loadgen_events";
 /// Histogram buckets of 100 µs up to 2 s; the last one holds the rest.
 const BUCKET_US: u64 = 100;
 const BUCKETS: usize = 20_000;
+/// How long a subscriber keeps reading after its last expected row, so a
+/// late duplicate is counted rather than left unread.
+const QUIET: Duration = Duration::from_millis(250);
 
 #[derive(Parser)]
 #[command(about = "Tidewire load generator (loopback only)")]
@@ -152,7 +155,13 @@ struct ClientArgs {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ClientReport {
     subscribers: usize,
+    /// Sockets that got `connection_ack` and subscribed.
+    opened: u64,
+    /// Rows delivered, counted as they arrived (duplicates included).
     received: u64,
+    /// Fewest and most rows one subscriber received.
+    received_min: u64,
+    received_max: u64,
     missing: u64,
     duplicates_or_out_of_order: u64,
     histogram: Vec<u64>,
@@ -232,6 +241,8 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "commit_rate_achieved": expect as f64 / write_seconds,
         "deliveries": deliveries,
         "deliveries_expected": expect * args.subscribers as u64,
+        "deliveries_per_subscriber": {"min": merged.received_min, "max": merged.received_max},
+        "opened": merged.opened,
         "deliveries_per_second": deliveries as f64 / span.max(1e-9),
         "missing": merged.missing,
         "duplicates_or_out_of_order": merged.duplicates_or_out_of_order,
@@ -273,9 +284,11 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let slowest = reports.iter().map(|r| r.setup_seconds).fold(0.0, f64::max);
     let failed: u64 = reports.iter().map(|r| r.failed_connections).sum();
+    let opened: u64 = reports.iter().map(|r| r.opened).sum();
     let report = json!({
         "scenario": "churn",
         "connections": args.connections,
+        "opened": opened,
         "failed_connections": failed,
         "seconds": slowest,
         "wall_seconds": started.elapsed().as_secs_f64(),
@@ -339,6 +352,7 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
             "commits_per_second": expect as f64 / seconds,
             "synchronous_commit": if args.durable { "on" } else { "off" },
             "delivered": report.received,
+            "opened": report.opened,
             "missing": report.missing,
             "duplicates_or_out_of_order": report.duplicates_or_out_of_order,
             "latency_ms": latency_summary(&report.histogram),
@@ -529,6 +543,7 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
     if args.churn {
         let report = ClientReport {
             subscribers: args.subscribers,
+            opened: sockets.len() as u64,
             setup_seconds,
             failed_connections: failed.load(Ordering::Relaxed),
             ..ClientReport::default()
@@ -539,6 +554,7 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
     println!("ready");
     std::io::stdout().flush()?;
 
+    let opened = sockets.len() as u64;
     let stats = Arc::new(Stats::default());
     let mut readers = Vec::new();
     for ws in sockets {
@@ -552,7 +568,14 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
     }
     let report = ClientReport {
         subscribers: args.subscribers,
+        opened,
         received: stats.received.load(Ordering::Relaxed),
+        received_min: if opened == 0 {
+            0
+        } else {
+            stats.received_min.load(Ordering::Relaxed)
+        },
+        received_max: stats.received_max.load(Ordering::Relaxed),
         missing: stats.missing.load(Ordering::Relaxed),
         duplicates_or_out_of_order: stats.disorder.load(Ordering::Relaxed),
         histogram: stats
@@ -606,6 +629,9 @@ async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> 
 /// Counters shared by one process's sockets.
 struct Stats {
     received: AtomicU64,
+    /// Fewest and most rows one socket received.
+    received_min: AtomicU64,
+    received_max: AtomicU64,
     missing: AtomicU64,
     disorder: AtomicU64,
     last_delivery: AtomicU64,
@@ -616,6 +642,8 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             received: AtomicU64::new(0),
+            received_min: AtomicU64::new(u64::MAX),
+            received_max: AtomicU64::new(0),
             missing: AtomicU64::new(0),
             disorder: AtomicU64::new(0),
             last_delivery: AtomicU64::new(0),
@@ -624,8 +652,10 @@ impl Default for Stats {
     }
 }
 
-/// Reads until `expect` rows arrived (or the deadline), checking that each
-/// writer's sequence numbers arrive exactly once and in order.
+/// Reads until every writer's sequence has reached its end, `expect` rows
+/// in all (or the deadline), then for [`QUIET`] more; checks that each
+/// writer's sequence numbers arrive exactly once and in order. Every row
+/// that arrives is counted, so a duplicate shows in `received` as well.
 async fn read_deliveries(
     mut ws: Socket,
     writers: usize,
@@ -635,9 +665,15 @@ async fn read_deliveries(
 ) {
     let mut next_seq = vec![1i64; writers];
     let mut received = 0;
+    // Rows of the sequences passed so far: received in order or skipped.
+    let mut passed = 0;
     let mut missing = 0;
-    while received < expect {
-        let frame = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+    let mut until = deadline;
+    loop {
+        if passed >= expect {
+            until = until.min(Instant::now() + QUIET);
+        }
+        let frame = match tokio::time::timeout_at(until.into(), ws.next()).await {
             Ok(Some(Ok(frame))) => frame,
             _ => break,
         };
@@ -654,9 +690,13 @@ async fn read_deliveries(
         stats.received.fetch_add(1, Ordering::Relaxed);
         stats.last_delivery.fetch_max(now, Ordering::Relaxed);
         match next_seq.get_mut(writer as usize) {
-            Some(expected) if seq == *expected => *expected += 1,
+            Some(expected) if seq == *expected => {
+                *expected += 1;
+                passed += 1;
+            }
             Some(expected) if seq > *expected => {
                 missing += (seq - *expected) as u64;
+                passed += (seq - *expected) as u64 + 1;
                 *expected = seq + 1;
             }
             _ => {
@@ -669,8 +709,10 @@ async fn read_deliveries(
             stats.histogram[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
         }
     }
-    missing += expect.saturating_sub(received + missing);
+    missing += expect.saturating_sub(passed);
     stats.missing.fetch_add(missing, Ordering::Relaxed);
+    stats.received_min.fetch_min(received, Ordering::Relaxed);
+    stats.received_max.fetch_max(received, Ordering::Relaxed);
     let _ = ws.close(None).await;
 }
 
@@ -694,7 +736,9 @@ fn merge(reports: &[ClientReport]) -> ClientReport {
     };
     for r in reports {
         merged.subscribers += r.subscribers;
+        merged.opened += r.opened;
         merged.received += r.received;
+        merged.received_max = merged.received_max.max(r.received_max);
         merged.missing += r.missing;
         merged.duplicates_or_out_of_order += r.duplicates_or_out_of_order;
         merged.failed_connections += r.failed_connections;
@@ -703,6 +747,12 @@ fn merge(reports: &[ClientReport]) -> ClientReport {
             *a += b;
         }
     }
+    merged.received_min = reports
+        .iter()
+        .filter(|r| r.opened > 0)
+        .map(|r| r.received_min)
+        .min()
+        .unwrap_or(0);
     merged
 }
 

@@ -11,6 +11,10 @@
 //! this process goes away by any means, including SIGKILL, so a crashed
 //! Tidewire never leaves an orphaned server behind.
 //!
+//! One Tidewire at a time per data folder: a running one holds an exclusive
+//! lock on the folder, and a second is refused rather than joining a
+//! cluster the first would stop under it on exit.
+//!
 //! Secrets (the superuser password, the development JWT secret) are written
 //! only with [`write_private`]: a new file, never one that exists or a
 //! symlink someone placed there, readable by its owner alone. `initdb` reads
@@ -53,6 +57,13 @@ pub enum EmbeddedError {
     NoPostgresUser,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
+    #[error(
+        "the data folder {} is in use by {}; use DATABASE_URL to share a database, \
+         or give each Tidewire its own --data-dir",
+        .dir.display(),
+        .pid.map_or_else(|| "another Tidewire".to_owned(), |pid| format!("Tidewire PID {pid}"))
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
     #[error("embedded Postgres in {dir}: {source}")]
     Io {
         dir: PathBuf,
@@ -78,17 +89,18 @@ pub struct EmbeddedPostgres {
     run_as: Option<(u32, u32)>,
     port: u16,
     password: String,
-    /// False when another process had already started this cluster: then we
-    /// use it but leave it running.
-    owned: bool,
+    /// Exclusive lock on the data folder (`flock` on the folder itself),
+    /// released when this value drops or the process dies.
+    _lock: fs::File,
     /// Holds the write end of the guardian's stdin; dropping it wakes the
     /// guardian.
     _guardian: Option<Child>,
 }
 
 impl EmbeddedPostgres {
-    /// Initializes the cluster if the data folder is new, then starts it (or
-    /// joins it when it already runs). Blocking: call from a blocking thread.
+    /// Initializes the cluster if the data folder is new, then starts it.
+    /// Fails with [`EmbeddedError::InUse`] while another Tidewire runs on
+    /// the folder. Blocking: call from a blocking thread.
     pub fn start(options: &EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::NotInstalled)?;
         let run_as = if is_root() {
@@ -108,6 +120,7 @@ impl EmbeddedPostgres {
             .map_err(io)?
             .trim()
             .to_owned();
+        let lock = lock_data_dir(&data_dir)?;
 
         let mut pg = EmbeddedPostgres {
             data_dir: data_dir.clone(),
@@ -115,18 +128,12 @@ impl EmbeddedPostgres {
             run_as,
             port: 0,
             password,
-            owned: true,
+            _lock: lock,
             _guardian: None,
         };
-        if let Some(port) = pg.running_port() {
-            if owner_alive(&data_dir) {
-                tracing::info!(port, dir = %data_dir.display(), "embedded Postgres already running, joining it");
-                pg.port = port;
-                pg.owned = false;
-                return Ok(pg);
-            }
-            // Left behind by a Tidewire that is gone (or still shutting
-            // down): stop it and start our own.
+        if pg.running_port().is_some() {
+            // We hold the lock, so the Tidewire that started it is gone (or
+            // still shutting down): stop it and start our own.
             tracing::info!(dir = %data_dir.display(), "stopping an embedded Postgres whose Tidewire is gone");
             pg.stop_server()?;
         }
@@ -217,13 +224,11 @@ impl EmbeddedPostgres {
         Ok(secret)
     }
 
-    /// Stops the cluster (fast shutdown: open transactions roll back) if this
-    /// process started it. Blocking.
+    /// Stops the cluster (fast shutdown: open transactions roll back), then
+    /// releases the data folder. Blocking.
     pub fn stop(self) -> Result<(), EmbeddedError> {
-        if self.owned {
-            self.stop_server()?;
-            tracing::info!("embedded Postgres stopped");
-        }
+        self.stop_server()?;
+        tracing::info!("embedded Postgres stopped");
         Ok(())
     }
 
@@ -436,12 +441,27 @@ pub fn running_url(data_dir: &Path) -> Option<String> {
     ))
 }
 
-/// Whether the Tidewire process that last started the cluster still runs.
-fn owner_alive(data_dir: &Path) -> bool {
-    fs::read_to_string(data_dir.join(OWNER_FILE))
-        .ok()
-        .and_then(|pid| pid.trim().parse::<u32>().ok())
-        .is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+/// Locks `data_dir` for this process, or says which Tidewire holds it. The
+/// lock is on the folder itself (no file to create, so nothing to plant a
+/// symlink at) and goes away with the process, however it ends.
+fn lock_data_dir(data_dir: &Path) -> Result<fs::File, EmbeddedError> {
+    let io = |source| EmbeddedError::Io {
+        dir: data_dir.to_owned(),
+        source,
+    };
+    let folder = fs::File::open(data_dir).map_err(io)?;
+    match folder.try_lock() {
+        Ok(()) => Ok(folder),
+        Err(fs::TryLockError::WouldBlock) => Err(EmbeddedError::InUse {
+            dir: data_dir.to_owned(),
+            // The holder writes its pid when it starts the server.
+            pid: fs::read_to_string(data_dir.join(OWNER_FILE))
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .filter(|pid| Path::new(&format!("/proc/{pid}")).exists()),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// The fourth line of `postmaster.pid` is the port.

@@ -87,9 +87,9 @@ mod tests {
         assert!(!unreachable(&error));
         assert!(describe(&error).starts_with("invalid connection string: "));
         assert!(!DbError::Config("bad".into()).is_unreachable());
-        assert!(DbError::Pool(PoolError::Timeout(
-            deadpool_postgres::TimeoutType::Create
-        ))
-        .is_unreachable());
+        assert!(
+            DbError::Pool(PoolError::Timeout(deadpool_postgres::TimeoutType::Create))
+                .is_unreachable()
+        );
     }
 }

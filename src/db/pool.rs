@@ -57,7 +57,7 @@ fn build(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
 pub(super) fn parse(url: &str) -> Result<tokio_postgres::Config, DbError> {
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| DbError::Config(super::failure::describe(&e)))?;
     config
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))

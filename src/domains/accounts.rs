@@ -27,7 +27,7 @@ pub use self::{
 use crate::{
     auth::{now, Issuer, Role, Viewer},
     db::REVOKED_CHANNEL,
-    error::{internal, ErrorCode},
+    error::{database, internal, ErrorCode},
     http::RateLimiter,
 };
 
@@ -137,18 +137,35 @@ impl AccountsMutation {
         Ok(revoked > 0)
     }
 
-    /// Admin: ends every session of a user; returns how many.
+    /// Admin: ends every session of a user; returns how many. An id no
+    /// account has is `NOT_FOUND` (likely a mistake), not "none ended".
     async fn revoke_sessions(&self, ctx: &Context<'_>, user_id: ID) -> Result<i32> {
         limit(ctx)?;
         let viewer = signed_in(ctx)?;
         if viewer.role != Role::Admin {
             return Err(ErrorCode::Forbidden.error("revokeSessions is for admins"));
         }
+        if !is_uuid(&user_id) {
+            return Err(ErrorCode::BadUserInput.error("`userId` is not a user id"));
+        }
+        // The id as `id::text` spells it, which the notice must carry.
+        let user: String = pool(ctx)
+            .get()
+            .await
+            .map_err(database)?
+            .query_opt(
+                "SELECT id::text FROM tidewire.users WHERE id = $1::text::uuid",
+                &[&*user_id],
+            )
+            .await
+            .map_err(database)?
+            .ok_or_else(|| ErrorCode::NotFound.error("no user has this id"))?
+            .get(0);
         let revoked = revoke(
             ctx,
             "user_id::text = $1",
-            &user_id,
-            &serde_json::json!({"user": &*user_id}),
+            &user,
+            &serde_json::json!({ "user": user }),
         )
         .await?;
         Ok(revoked as i32)
@@ -274,22 +291,22 @@ async fn revoke(
     value: &str,
     notice: &serde_json::Value,
 ) -> Result<u64> {
-    let mut client = pool(ctx).get().await.map_err(internal)?;
-    let tx = client.transaction().await.map_err(internal)?;
+    let mut client = pool(ctx).get().await.map_err(database)?;
+    let tx = client.transaction().await.map_err(database)?;
     let revoked = tx
         .execute(
             &format!("UPDATE tidewire.sessions SET revoked_at = now() WHERE {condition} AND revoked_at IS NULL"),
             &[&value],
         )
         .await
-        .map_err(internal)?;
+        .map_err(database)?;
     tx.execute(
         "SELECT pg_notify($1, $2)",
         &[&REVOKED_CHANNEL, &notice.to_string()],
     )
     .await
-    .map_err(internal)?;
-    tx.commit().await.map_err(internal)?;
+    .map_err(database)?;
+    tx.commit().await.map_err(database)?;
     Ok(revoked)
 }
 
@@ -324,7 +341,7 @@ pub async fn is_revoked(pool: &Pool, sid: &str) -> Result<bool, SessionCheckErro
 }
 
 /// The canonical text form of a UUID, as `id::text` gives it.
-fn is_uuid(text: &str) -> bool {
+pub(crate) fn is_uuid(text: &str) -> bool {
     text.len() == 36
         && text.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',

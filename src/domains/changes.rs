@@ -9,10 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::{
     auth::{Role, Viewer},
-    db::{Change, ChangeLog, Cursor, Op, TrackedTable},
-    error::{cursor_expired, internal, ErrorCode},
-    fanout::{CursorProbe, ResumeFrom},
+    db::{Change, ChangeLog, Op, TrackedTable},
+    error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub, RowFilter},
+    sharing::{ShareQuery, ShareRule, Visibility},
     Limits,
 };
 
@@ -65,7 +65,7 @@ impl ChangesQuery {
             .data_unchecked::<ChangeLog>()
             .tracked_tables()
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         Ok(tables
             .into_iter()
             .filter(|table| access(table, viewer).is_ok())
@@ -93,17 +93,9 @@ impl ChangesSubscription {
         let log = ctx.data_unchecked::<ChangeLog>().clone();
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         let limits = ctx.data_unchecked::<Limits>();
-        let after = match ctx.data_opt::<ResumeFrom>() {
-            // A member that left its shared execution continues here.
-            Some(ResumeFrom(cursor)) => Some(*cursor),
-            None => after
-                .map(|text| text.parse::<Cursor>())
-                .transpose()
-                .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?,
-        };
-        let probe = ctx.data_opt::<CursorProbe>().cloned();
+        let after = super::start_after(ctx, after)?;
         let viewer = ctx.data_opt::<Viewer>();
-        let candidates = log.tracked_table(&table).await.map_err(internal)?;
+        let candidates = log.tracked_table(&table).await.map_err(database)?;
         let tracked = resolve(&table, candidates, viewer)?;
         let owner = access(&tracked, viewer)?;
         let mut bounds = RowFilter::DEFAULT_LIMITS;
@@ -117,7 +109,8 @@ impl ChangesSubscription {
             .transpose()
             .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
 
-        let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page);
+        let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page)
+            .queued_as(super::catchup_client(ctx));
         // A topic may carry several tables (track(..., topic)): keep this one.
         let table = tracked.name;
         let key = tracked.key_columns;
@@ -128,19 +121,37 @@ impl ChangesSubscription {
             .filter_map(move |item| {
                 let item = match item {
                     Err(expired) => Some(Err(cursor_expired(expired))),
-                    Ok(change) => {
-                        view(change, owner.as_ref(), &key, filter.as_ref()).map(|change| {
-                            if let Some(probe) = &probe {
-                                probe.set(change.cursor);
-                            }
-                            Ok(RowChange(change))
-                        })
-                    }
+                    Ok(change) => view(change, owner.as_ref(), &key, filter.as_ref())
+                        .map(|change| Ok(RowChange(change))),
                 };
                 future::ready(item)
             });
         Ok(changes)
     }
+}
+
+/// `changes` without `after` is shared by the class that may read the
+/// table: anyone for a public table, admins for an admin-only one, the
+/// owner for an owner-column table.
+pub fn sharing(log: ChangeLog) -> ShareRule {
+    Arc::new(move |query: ShareQuery| {
+        let log = log.clone();
+        Box::pin(async move {
+            if query.argument("after").is_some() {
+                return None;
+            }
+            let Some(async_graphql::Value::String(name)) = query.argument("table") else {
+                return None;
+            };
+            let candidates = log.tracked_table(name).await.ok()?;
+            let tracked = resolve(name, candidates, query.viewer.as_ref()).ok()?;
+            match access(&tracked, query.viewer.as_ref()).ok()? {
+                None if tracked.public => Some(Visibility::Anyone),
+                None => Some(Visibility::Role(Role::Admin)),
+                Some(owner) => Some(Visibility::Owner(owner.user)),
+            }
+        })
+    })
 }
 
 /// The tracked table `name` means among `candidates` (see
@@ -283,6 +294,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::db::Cursor;
 
     fn change(op: Op, row: Option<Value>, old_row: Option<Value>) -> Arc<Change> {
         Arc::new(Change {

@@ -15,7 +15,7 @@ use futures_util::{stream, Stream};
 
 use crate::{
     auth::Viewer,
-    error::{internal, ErrorCode},
+    error::{database, ErrorCode},
 };
 
 /// Requests served by this node (HTTP queries and WebSocket messages) and
@@ -58,11 +58,14 @@ pub struct Dashboard {
     pub requests_per_second: f64,
 }
 
+/// Shortest `intervalMs`: each subscription re-reads the figures this often.
+const MIN_INTERVAL_MS: i32 = 200;
+
 /// Presence older than this belongs to a node that is gone.
 const PRESENCE_STALE: &str = "5 seconds";
 
 async fn figures(pool: &Pool) -> Result<(i64, f64)> {
-    let client = pool.get().await.map_err(internal)?;
+    let client = pool.get().await.map_err(database)?;
     let row = client
         .query_one(
             &format!(
@@ -74,7 +77,7 @@ async fn figures(pool: &Pool) -> Result<(i64, f64)> {
             &[],
         )
         .await
-        .map_err(internal)?;
+        .map_err(database)?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -98,14 +101,14 @@ impl DashboardMutation {
         if !amount.is_finite() || amount <= 0.0 || amount > 1e12 {
             return Err(ErrorCode::BadUserInput.error("an amount is a positive number"));
         }
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         client
             .execute(
                 "INSERT INTO tidewire.orders (user_id, amount) VALUES ($1, $2)",
                 &[&viewer.user_id, &amount],
             )
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         Ok(true)
     }
 }
@@ -123,24 +126,31 @@ impl DashboardSubscription {
         #[graphql(default = 1000)] interval_ms: i32,
     ) -> Result<impl Stream<Item = Result<Dashboard>>> {
         signed_in(ctx)?;
-        let interval = Duration::from_millis(interval_ms.max(200) as u64);
+        if interval_ms < MIN_INTERVAL_MS {
+            return Err(ErrorCode::BadUserInput
+                .error(format!("intervalMs must be at least {MIN_INTERVAL_MS}")));
+        }
+        let interval = Duration::from_millis(interval_ms as u64);
         let pool = ctx.data_unchecked::<Pool>().clone();
         let traffic = ctx.data_unchecked::<Arc<Traffic>>().clone();
-        let state = (pool, traffic, None::<Dashboard>);
+        // `read`: whether the figures were read before (then wait first,
+        // after a failed read too, so an outage does not spin).
+        let state = (pool, traffic, None::<Dashboard>, false);
         Ok(stream::unfold(
             state,
-            move |(pool, traffic, last)| async move {
+            move |(pool, traffic, last, read)| async move {
+                if read {
+                    tokio::time::sleep(interval).await;
+                }
                 loop {
-                    if last.is_some() {
-                        tokio::time::sleep(interval).await;
-                    }
                     let now = match current(&pool, &traffic).await {
                         Ok(now) => now,
-                        Err(error) => return Some((Err(error), (pool, traffic, last))),
+                        Err(error) => return Some((Err(error), (pool, traffic, last, true))),
                     };
                     if last.as_ref() != Some(&now) {
-                        return Some((Ok(now.clone()), (pool, traffic, Some(now))));
+                        return Some((Ok(now.clone()), (pool, traffic, Some(now), true)));
                     }
+                    tokio::time::sleep(interval).await;
                 }
             },
         ))

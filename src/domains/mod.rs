@@ -21,3 +21,21 @@ pub(crate) fn catchup_client(ctx: &async_graphql::Context<'_>) -> String {
         (None, None) => "shared".to_owned(),
     }
 }
+
+/// Where a subscription starts in the log: after the cursor a catching-up
+/// shared member resumes from ([`crate::hub::ResumeAfter`]), else after the
+/// client's `after` argument, else live.
+pub(crate) fn start_after(
+    ctx: &async_graphql::Context<'_>,
+    after: Option<String>,
+) -> async_graphql::Result<Option<crate::db::Cursor>> {
+    if let Some(crate::hub::ResumeAfter(cursor)) = ctx.data_opt() {
+        return Ok(Some(*cursor));
+    }
+    after
+        .map(|text| text.parse())
+        .transpose()
+        .map_err(|e: crate::db::BadCursor| {
+            crate::error::ErrorCode::BadUserInput.error(e.to_string())
+        })
+}

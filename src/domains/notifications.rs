@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use crate::{
     auth::{Role, Viewer},
-    db::{Change, ChangeLog, Cursor, Op},
-    error::{cursor_expired, internal, ErrorCode},
+    db::{Change, ChangeLog, Op},
+    error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub},
+    sharing::{ShareQuery, ShareRule, Visibility},
     streams::{batch, pace},
     Limits,
 };
@@ -65,15 +66,17 @@ impl Notification {
     }
 }
 
-fn viewer<'a>(ctx: &Context<'a>) -> Result<&'a Viewer> {
+/// The signed-in caller; `UNAUTHENTICATED` saying what needs signing in
+/// (`doing`, e.g. "send notifications") otherwise.
+fn viewer<'a>(ctx: &Context<'a>, doing: &str) -> Result<&'a Viewer> {
     ctx.data_opt::<Viewer>()
-        .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to read notifications"))
+        .ok_or_else(|| ErrorCode::Unauthenticated.error(format!("sign in to {doing}")))
 }
 
 /// The user whose notifications the caller may read: their own, or any
 /// user's for an admin.
 fn target(ctx: &Context<'_>, user_id: Option<ID>) -> Result<String> {
-    let viewer = viewer(ctx)?;
+    let viewer = viewer(ctx, "read notifications")?;
     match user_id {
         Some(id) if *id != viewer.user_id && viewer.role != Role::Admin => {
             Err(ErrorCode::Forbidden.error("only admins read other users' notifications"))
@@ -103,7 +106,7 @@ impl NotificationsQuery {
                 .map_err(|_| ErrorCode::BadUserInput.error("`before` is a notification id"))?,
             None => i64::MAX,
         };
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         let rows = client
             .query(
                 "SELECT id, user_id, title, message, read, created_at FROM tidewire.notifications
@@ -111,7 +114,7 @@ impl NotificationsQuery {
                 &[&user, &before, &i64::from(first.clamp(1, 100))],
             )
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         Ok(rows.iter().map(Notification::from_row).collect())
     }
 }
@@ -121,7 +124,8 @@ pub struct NotificationsMutation;
 
 #[Object]
 impl NotificationsMutation {
-    /// Admin (or a trusted service with an admin token): notify a user.
+    /// Admin (or a trusted service with an admin token): notify a user, who
+    /// must have an account here (`NOT_FOUND` otherwise).
     async fn send_notification(
         &self,
         ctx: &Context<'_>,
@@ -130,7 +134,7 @@ impl NotificationsMutation {
         message: String,
     ) -> Result<Notification> {
         crate::domains::accounts::limit(ctx)?;
-        if viewer(ctx)?.role != Role::Admin {
+        if viewer(ctx, "send notifications")?.role != Role::Admin {
             return Err(ErrorCode::Forbidden.error("sendNotification is for admins"));
         }
         if title.is_empty() || title.len() > 200 || message.len() > 10_000 {
@@ -138,26 +142,33 @@ impl NotificationsMutation {
                 ErrorCode::BadUserInput.error("title: 1–200 bytes; message: at most 10,000")
             );
         }
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        if !crate::domains::accounts::is_uuid(&user_id) {
+            return Err(ErrorCode::BadUserInput.error("`userId` is not a user id"));
+        }
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
+        // Only to an account of this server: a mistyped id would otherwise
+        // notify nobody and report success.
         let row = client
-            .query_one(
-                "INSERT INTO tidewire.notifications (user_id, title, message) VALUES ($1, $2, $3)
+            .query_opt(
+                "INSERT INTO tidewire.notifications (user_id, title, message)
+                 SELECT id::text, $2, $3 FROM tidewire.users WHERE id = $1::text::uuid
                  RETURNING id, user_id, title, message, read, created_at",
                 &[&user_id.0, &title, &message],
             )
             .await
-            .map_err(internal)?;
+            .map_err(database)?
+            .ok_or_else(|| ErrorCode::NotFound.error("no user has this id"))?;
         Ok(Notification::from_row(&row))
     }
 
     /// Marks one of the caller's notifications read.
     async fn mark_notification_read(&self, ctx: &Context<'_>, id: ID) -> Result<Notification> {
         crate::domains::accounts::limit(ctx)?;
-        let user = viewer(ctx)?.user_id.clone();
+        let user = viewer(ctx, "mark notifications read")?.user_id.clone();
         let id: i64 = id
             .parse()
             .map_err(|_| ErrorCode::NotFound.error("no such notification"))?;
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         let row = client
             .query_opt(
                 "UPDATE tidewire.notifications SET read = true WHERE id = $1 AND user_id = $2
@@ -165,7 +176,7 @@ impl NotificationsMutation {
                 &[&id, &user],
             )
             .await
-            .map_err(internal)?
+            .map_err(database)?
             .ok_or_else(|| ErrorCode::NotFound.error("no such notification"))?;
         Ok(Notification::from_row(&row))
     }
@@ -217,6 +228,23 @@ impl NotificationsSubscription {
     }
 }
 
+/// `notifications` of one's own, without `after`, is shared by everyone
+/// signed in as that user (throttled or debounced alike: the arguments are
+/// part of the shape).
+pub fn sharing() -> ShareRule {
+    Arc::new(|query: ShareQuery| {
+        let visibility = match (
+            &query.viewer,
+            query.argument("after"),
+            query.argument("userId"),
+        ) {
+            (Some(viewer), None, None) => Some(Visibility::Owner(viewer.user_id.clone())),
+            _ => None,
+        };
+        Box::pin(std::future::ready(visibility))
+    })
+}
+
 /// The target user's new notifications, decoded; an item that cannot be
 /// decoded is an error on that item only.
 fn stream_for(
@@ -225,10 +253,7 @@ fn stream_for(
     user_id: Option<ID>,
 ) -> Result<impl Stream<Item = Result<Notification>> + Send + 'static> {
     let user = target(ctx, user_id)?;
-    let after = after
-        .map(|text| text.parse::<Cursor>())
-        .transpose()
-        .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
+    let after = super::start_after(ctx, after)?;
     let log = ctx.data_unchecked::<ChangeLog>().clone();
     let hub = ctx.data_unchecked::<Arc<Hub>>();
     let feed = Feed::new(

@@ -12,7 +12,7 @@ use futures_util::{stream, Stream, StreamExt};
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Cursor, Op},
-    error::{cursor_expired, internal, ErrorCode},
+    error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub},
     streams::pace,
     Limits,
@@ -65,11 +65,11 @@ impl StocksQuery {
     /// The current price of `symbol`, if it has one.
     async fn stock(&self, ctx: &Context<'_>, symbol: String) -> Result<Option<StockPrice>> {
         let symbol = check_symbol(&symbol)?;
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         let row = client
             .query_one(SNAPSHOT, &[&symbol])
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         Ok(row.get::<_, Option<f64>>(1).map(|value| StockPrice {
             symbol,
             value,
@@ -104,14 +104,14 @@ impl StocksMutation {
         if !value.is_finite() || value < 0.0 {
             return Err(ErrorCode::BadUserInput.error("a price is a finite number ≥ 0"));
         }
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         client
             .execute(
                 "INSERT INTO tidewire.stock_prices (symbol, value) VALUES ($1, $2)",
                 &[&symbol, &value],
             )
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         Ok(true)
     }
 }
@@ -135,11 +135,11 @@ impl StocksSubscription {
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         // Join the hub before the snapshot: nothing after it is missed.
         let subscription = hub.subscribe(TOPIC);
-        let client = ctx.data_unchecked::<Pool>().get().await.map_err(internal)?;
+        let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
         let row = client
             .query_one(SNAPSHOT, &[&symbol])
             .await
-            .map_err(internal)?;
+            .map_err(database)?;
         drop(client);
         let position: i64 = row.get(0);
         let current: Option<f64> = row.get(1);

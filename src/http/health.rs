@@ -115,6 +115,12 @@ pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         state.fanout.group_count() as u64,
     );
     gauge(
+        "tidewire_shared_buffered_bytes",
+        "Bytes of shared results buffered for members that have not read them.",
+        "gauge",
+        state.fanout.buffered_bytes() as u64,
+    );
+    gauge(
         "tidewire_countdowns_running",
         "countdown subscriptions whose timer runs now.",
         "gauge",

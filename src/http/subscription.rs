@@ -8,7 +8,6 @@ use std::{
 
 use async_graphql::Request;
 use futures_util::StreamExt;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{
     outbox::{Closed, Outbox},
@@ -17,8 +16,10 @@ use super::{
 };
 use crate::{
     auth::Viewer,
+    db::Cursor,
     error::with_codes,
-    fanout::{failed_to_start, Member, ResumeFrom},
+    fanout::{failed_to_start, serialize, serialize_errors, Member},
+    hub::RingRecvError,
 };
 
 /// One operation started by `subscribe`.
@@ -54,7 +55,8 @@ impl Drop for Running {
 impl Subscription {
     pub(super) async fn run(self, request: Request) {
         let _running = Running::new(&self.state);
-        let result = match self.state.fanout.shape_of(&request, self.viewer.as_ref()) {
+        let shape = Box::pin(self.state.fanout.shape_of(&request, self.viewer.as_ref())).await;
+        let result = match shape {
             Some(shape) => {
                 drop(request);
                 let member = self.state.fanout.join(shape);
@@ -66,7 +68,9 @@ impl Subscription {
                     Some(viewer) => request.data(viewer.clone()),
                     None => request,
                 };
-                Box::pin(self.alone(request)).await
+                Box::pin(self.alone(request, None))
+                    .await
+                    .map(|end| end.complete)
             }
         };
         if let Ok(true) = result {
@@ -77,8 +81,14 @@ impl Subscription {
         }
     }
 
-    /// Its own execution. `Ok(true)` when a `complete` is due.
-    async fn alone(&self, request: Request) -> Result<bool, Closed> {
+    /// Its own execution, until it ends — or, for a member catching up
+    /// (`member` given), until it has caught up with its group and rejoined
+    /// it.
+    async fn alone(
+        &self,
+        request: Request,
+        mut member: Option<(&mut Member, &mut Cursor)>,
+    ) -> Result<AloneEnd, Closed> {
         self.state.fanout.count_execution();
         let mut stream = self
             .state
@@ -90,19 +100,37 @@ impl Subscription {
         while let Some(response) = stream.next().await {
             let response = with_codes(response);
             if first && failed_to_start(&response, &mut stream) {
-                let errors = serde_json::to_string(&response.errors).unwrap_or_default();
                 self.outbox
-                    .text(self.frames.error(&self.quoted_id, &errors))
+                    .text(
+                        self.frames
+                            .error(&self.quoted_id, &serialize_errors(&response)),
+                    )
                     .await?;
-                return Ok(false);
+                return Ok(AloneEnd {
+                    complete: false,
+                    rejoined: false,
+                });
             }
             first = false;
-            let payload = serde_json::to_string(&response).unwrap_or_default();
             self.outbox
-                .text(self.frames.next(&self.quoted_id, &payload))
+                .text(self.frames.next(&self.quoted_id, &serialize(&response)))
                 .await?;
+            if let Some((member, last)) = member.as_mut() {
+                if let Some(cursor) = member.shape().cursor_of(&response) {
+                    **last = cursor;
+                }
+                if member.rejoin(**last) {
+                    return Ok(AloneEnd {
+                        complete: false,
+                        rejoined: true,
+                    });
+                }
+            }
         }
-        Ok(true)
+        Ok(AloneEnd {
+            complete: true,
+            rejoined: false,
+        })
     }
 
     /// A member of a shared execution: splice the id into shared bytes.
@@ -117,22 +145,36 @@ impl Subscription {
                             .await?;
                         return Ok(false);
                     }
-                    if let Some(cursor) = item.cursor {
-                        last = cursor;
+                    match item.cursor {
+                        // Delivered while catching up, before rejoining.
+                        Some(cursor) if cursor <= last => continue,
+                        Some(cursor) => last = cursor,
+                        None => {}
                     }
                     self.outbox
                         .text(self.frames.next(&self.quoted_id, &item.payload))
                         .await?;
                 }
-                Err(RecvError::Lagged(_)) => {
-                    // Too slow for the group: go on alone from the log.
-                    let request = member.shape().request().data(ResumeFrom(last));
-                    drop(member);
+                Err(RingRecvError::Lagged(_)) => {
+                    // Too slow for the group: catch up alone from the log,
+                    // then rejoin.
                     self.state.hub.count_catchup();
-                    return Box::pin(self.alone(request)).await;
+                    let request = member.shape().resume(last);
+                    let end = Box::pin(self.alone(request, Some((&mut member, &mut last)))).await?;
+                    if !end.rejoined {
+                        return Ok(end.complete);
+                    }
                 }
-                Err(RecvError::Closed) => return Ok(true),
+                Err(RingRecvError::Closed) => return Ok(true),
             }
         }
     }
+}
+
+/// How a run alone ended.
+struct AloneEnd {
+    /// The stream ended normally: a `complete` is due.
+    complete: bool,
+    /// A catching-up member is back in its group.
+    rejoined: bool,
 }

@@ -13,7 +13,6 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
 };
 
 use axum::{
@@ -122,10 +121,7 @@ async fn serve(
                 let expires = session.viewer.as_ref().map(|v| v.expires_at);
                 if session.initialized && deadline_for != Some(expires) {
                     deadline_for = Some(expires);
-                    deadline = expires.map(|at| {
-                        let left = Duration::from_secs((at - auth::now()).max(0) as u64);
-                        Box::pin(tokio::time::sleep(left))
-                    });
+                    deadline = expires.map(|at| Box::pin(tokio::time::sleep(auth::time_until(at))));
                 }
             }
             revocation = next_revocation(&mut session.revocations) => {

@@ -17,6 +17,12 @@ use crate::db::{Change, ChangeLog, Cursor, PageLimit};
 /// Longest pause between retries of a failed log read.
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
+/// Request data: start a stream after this cursor instead of its `after`
+/// argument — a shared-execution member that fell behind continues alone
+/// from its own last cursor.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeAfter(pub Cursor);
+
 /// The feed's cursor is older than the log's retention: changes after it
 /// were pruned, so the subscriber must refetch its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@
 mod catchup;
 mod feed;
 mod filter;
+mod ring;
 
 use std::{
     collections::HashMap,
@@ -21,8 +22,9 @@ use std::{
 use tokio::sync::broadcast;
 
 pub use catchup::{CatchupQueue, Turn};
-pub use feed::{CursorExpired, Feed};
+pub use feed::{CursorExpired, Feed, ResumeAfter};
 pub use filter::{FilterError, RowFilter};
+pub use ring::{Receiver as RingReceiver, RecvError as RingRecvError, Ring};
 
 use crate::db::{Change, Cursor};
 

@@ -1,0 +1,681 @@
+-- The tidewire schema as the migrations in sql/ leave it: tables, indexes,
+-- functions and triggers, no rows. Generated: do not edit, add a migration.
+-- A test fails when this file is stale; regenerate it with
+--   TIDEWIRE_BLESS=1 cargo test --test sql_schema
+-- The key of the commit-order advisory lock is tidewire.commit_lock_key().
+-- refinery's own history table (refinery_schema_history) lives in the
+-- public schema and is not part of this dump.
+-- Dumped by pg_dump major version 15
+
+--
+-- Name: tidewire; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA tidewire;
+
+
+--
+-- Name: capture(); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.capture() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    key_attnums int2[];
+    other_columns text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO tidewire.changes (topic, table_name, op, new_row)
+        SELECT TG_ARGV[0], TG_ARGV[1], 'INSERT', to_jsonb(r) FROM new_rows r;
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO tidewire.changes (topic, table_name, op, old_row)
+        SELECT TG_ARGV[0], TG_ARGV[1], 'DELETE', to_jsonb(r) FROM old_rows r;
+        RETURN NULL;
+    END IF;
+
+    SELECT i.indkey::int2[] INTO key_attnums
+      FROM pg_index i
+     WHERE i.indrelid = TG_RELID AND i.indisprimary;
+    IF key_attnums IS NULL THEN
+        INSERT INTO tidewire.changes (topic, table_name, op, new_row, old_row)
+        SELECT TG_ARGV[0], TG_ARGV[1], c.op, c.new_row, c.old_row
+          FROM (SELECT row_number() OVER () AS i, 0 AS half, 'DELETE' AS op,
+                       NULL::jsonb AS new_row, to_jsonb(r) AS old_row
+                  FROM old_rows r
+                UNION ALL
+                SELECT row_number() OVER (), 1, 'INSERT', to_jsonb(r), NULL
+                  FROM new_rows r) c
+         ORDER BY c.i, c.half;
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(array_agg(a.attname::text), '{}') INTO other_columns
+      FROM pg_attribute a
+     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attnum <> ALL (key_attnums);
+
+    -- The window in each innermost subquery keeps it from being flattened,
+    -- so to_jsonb() runs once per row.
+    INSERT INTO tidewire.changes (topic, table_name, op, new_row, old_row)
+    SELECT TG_ARGV[0], TG_ARGV[1],
+           CASE WHEN o.r IS NULL THEN 'INSERT' WHEN n.r IS NULL THEN 'DELETE' ELSE 'UPDATE' END,
+           n.r, o.r
+      FROM (SELECT s.r, s.i, s.k, row_number() OVER (PARTITION BY s.k ORDER BY s.i) AS nth
+              FROM (SELECT t.r, t.i, t.r - other_columns AS k
+                      FROM (SELECT to_jsonb(r) AS r, row_number() OVER () AS i FROM new_rows r) t) s) n
+      FULL JOIN
+           (SELECT s.r, s.i, s.k, row_number() OVER (PARTITION BY s.k ORDER BY s.i) AS nth
+              FROM (SELECT t.r, t.i, t.r - other_columns AS k
+                      FROM (SELECT to_jsonb(r) AS r, row_number() OVER () AS i FROM old_rows r) t) s) o
+        ON n.k = o.k AND n.nth = o.nth
+     ORDER BY coalesce(n.i, o.i), n.i NULLS FIRST;
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: claim_commit_hook(); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.claim_commit_hook() RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    xid text := pg_current_xact_id()::text;
+BEGIN
+    IF current_setting('tidewire.hooked_xid', true) IS NOT DISTINCT FROM xid THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('tidewire.hooked_xid', xid, true);
+    RETURN true;
+END
+$$;
+
+
+--
+-- Name: commit_lock_key(); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.commit_lock_key(OUT classid integer, OUT objid integer) RETURNS record
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT 7355608, 1 $$;
+
+
+--
+-- Name: on_commit(); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.on_commit() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    pos bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(k.classid, k.objid) FROM tidewire.commit_lock_key() k;
+    pos := nextval('tidewire.commit_position');
+    INSERT INTO tidewire.commits (xid, position, committed_at)
+    VALUES (pg_current_xact_id(), pos, clock_timestamp());
+    PERFORM pg_notify('tidewire', pos::text);
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: prune(double precision, bigint, integer); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.prune(keep_seconds double precision, keep_commits bigint, max_commits integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    newest bigint;
+    cutoff bigint;
+    last_change bigint;
+    deleted int;
+BEGIN
+    SELECT max(position) INTO newest FROM tidewire.commits;
+    IF newest IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- The newest commit that may go: past the count or the age limit.
+    SELECT max(position) INTO cutoff
+      FROM (SELECT position FROM tidewire.commits
+             WHERE position IS NOT NULL
+               AND (position <= newest - keep_commits OR committed_at < now() - make_interval(secs => keep_seconds))
+             ORDER BY position
+             LIMIT max_commits) oldest;
+    IF cutoff IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT coalesce(max(ch.id), 0) INTO last_change
+      FROM tidewire.commits c JOIN tidewire.changes ch ON ch.xid = c.xid
+     WHERE c.position = cutoff;
+    UPDATE tidewire.retention
+       SET floor_position = cutoff, floor_change = last_change, pruned_at = now();
+    DELETE FROM tidewire.changes ch USING tidewire.commits c
+     WHERE ch.xid = c.xid AND c.position <= cutoff;
+    DELETE FROM tidewire.commits WHERE position <= cutoff;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$$;
+
+
+--
+-- Name: track(regclass, text, boolean, text); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.track(tbl regclass, topic text DEFAULT NULL::text, public boolean DEFAULT false, owner_column text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    sch text;
+    rel text;
+    qname text;
+    t text;
+BEGIN
+    SELECT n.nspname, c.relname INTO sch, rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    qname := format('%I.%I', sch, rel);
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+        RAISE EXCEPTION 'tidewire.track: table % has no primary key; changes are paired by it', qname
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Add one, e.g. ALTER TABLE %s ADD PRIMARY KEY (id).', qname);
+    END IF;
+    IF owner_column IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+         WHERE attrelid = tbl AND attname = owner_column AND attnum > 0 AND NOT attisdropped
+    ) THEN
+        RAISE EXCEPTION 'table % has no column %', tbl, owner_column;
+    END IF;
+    t := coalesce(topic, qname);
+    PERFORM tidewire.untrack(tbl);
+    EXECUTE format('CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION tidewire.capture(%L, %L)', tbl, t, qname);
+    EXECUTE format('CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION tidewire.capture(%L, %L)', tbl, t, qname);
+    EXECUTE format('CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION tidewire.capture(%L, %L)', tbl, t, qname);
+    INSERT INTO tidewire.tracked (rel, name, schema_name, table_name, topic, public, owner_column)
+    VALUES (tbl, qname, sch, rel, t, public, owner_column);
+    RETURN qname;
+END
+$$;
+
+
+--
+-- Name: untrack(regclass); Type: FUNCTION; Schema: tidewire; Owner: -
+--
+
+CREATE FUNCTION tidewire.untrack(tbl regclass) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    trigger_name name;
+BEGIN
+    FOR trigger_name IN
+        SELECT tgname FROM pg_trigger
+         WHERE tgrelid = tbl AND tgname LIKE 'tidewire\_capture\_%'
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+    END LOOP;
+    DELETE FROM tidewire.tracked WHERE rel = tbl;
+    RETURN FOUND;
+END
+$$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: changes; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.changes (
+    id bigint NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    topic text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    new_row jsonb,
+    old_row jsonb,
+    CONSTRAINT changes_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
+);
+
+
+--
+-- Name: changes_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE tidewire.changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME tidewire.changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: commit_position; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.commit_position
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: commits; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.commits (
+    xid xid8 NOT NULL,
+    "position" bigint,
+    committed_at timestamp with time zone
+);
+
+
+--
+-- Name: notifications; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.notifications (
+    id bigint NOT NULL,
+    user_id text NOT NULL,
+    title text NOT NULL,
+    message text NOT NULL,
+    read boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: notifications_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.notifications_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: notifications_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.notifications_id_seq OWNED BY tidewire.notifications.id;
+
+
+--
+-- Name: orders; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.orders (
+    id bigint NOT NULL,
+    user_id text NOT NULL,
+    amount double precision NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT orders_amount_check CHECK ((amount > (0)::double precision))
+);
+
+
+--
+-- Name: orders_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.orders_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: orders_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.orders_id_seq OWNED BY tidewire.orders.id;
+
+
+--
+-- Name: presence; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.presence (
+    node uuid NOT NULL,
+    users text[] NOT NULL,
+    heartbeat timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: retention; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.retention (
+    single boolean DEFAULT true NOT NULL,
+    floor_position bigint DEFAULT 0 NOT NULL,
+    floor_change bigint DEFAULT 0 NOT NULL,
+    pruned_at timestamp with time zone,
+    CONSTRAINT retention_single_check CHECK (single)
+);
+
+
+--
+-- Name: sessions; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.sessions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone
+);
+
+
+--
+-- Name: stock_prices; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.stock_prices (
+    id bigint NOT NULL,
+    symbol text NOT NULL,
+    value double precision NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: stock_prices_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.stock_prices_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: stock_prices_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.stock_prices_id_seq OWNED BY tidewire.stock_prices.id;
+
+
+--
+-- Name: tracked; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.tracked (
+    rel regclass NOT NULL,
+    name text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    topic text NOT NULL,
+    tracked_at timestamp with time zone DEFAULT now() NOT NULL,
+    public boolean DEFAULT false NOT NULL,
+    owner_column text
+);
+
+
+--
+-- Name: users; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.users (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    email text NOT NULL,
+    password_hash text NOT NULL,
+    role text DEFAULT 'user'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['user'::text, 'admin'::text])))
+);
+
+
+--
+-- Name: notifications id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.notifications ALTER COLUMN id SET DEFAULT nextval('tidewire.notifications_id_seq'::regclass);
+
+
+--
+-- Name: orders id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.orders ALTER COLUMN id SET DEFAULT nextval('tidewire.orders_id_seq'::regclass);
+
+
+--
+-- Name: stock_prices id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.stock_prices ALTER COLUMN id SET DEFAULT nextval('tidewire.stock_prices_id_seq'::regclass);
+
+
+--
+-- Name: changes changes_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.changes
+    ADD CONSTRAINT changes_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: commits commits_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.commits
+    ADD CONSTRAINT commits_pkey PRIMARY KEY (xid);
+
+
+--
+-- Name: commits commits_position_key; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.commits
+    ADD CONSTRAINT commits_position_key UNIQUE ("position");
+
+
+--
+-- Name: notifications notifications_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.notifications
+    ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: orders orders_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.orders
+    ADD CONSTRAINT orders_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: presence presence_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.presence
+    ADD CONSTRAINT presence_pkey PRIMARY KEY (node);
+
+
+--
+-- Name: retention retention_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.retention
+    ADD CONSTRAINT retention_pkey PRIMARY KEY (single);
+
+
+--
+-- Name: sessions sessions_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: stock_prices stock_prices_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.stock_prices
+    ADD CONSTRAINT stock_prices_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: tracked tracked_name_key; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.tracked
+    ADD CONSTRAINT tracked_name_key UNIQUE (name);
+
+
+--
+-- Name: tracked tracked_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.tracked
+    ADD CONSTRAINT tracked_pkey PRIMARY KEY (rel);
+
+
+--
+-- Name: users users_email_key; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.users
+    ADD CONSTRAINT users_email_key UNIQUE (email);
+
+
+--
+-- Name: users users_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: changes_xid; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX changes_xid ON tidewire.changes USING btree (xid, id);
+
+
+--
+-- Name: commits_committed_at; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX commits_committed_at ON tidewire.commits USING btree (committed_at);
+
+
+--
+-- Name: notifications_user; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX notifications_user ON tidewire.notifications USING btree (user_id, id DESC);
+
+
+--
+-- Name: orders_created; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX orders_created ON tidewire.orders USING btree (created_at);
+
+
+--
+-- Name: sessions_user; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX sessions_user ON tidewire.sessions USING btree (user_id);
+
+
+--
+-- Name: stock_prices_symbol; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX stock_prices_symbol ON tidewire.stock_prices USING btree (symbol, id DESC);
+
+
+--
+-- Name: changes commit_position; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER commit_position AFTER INSERT ON tidewire.changes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (tidewire.claim_commit_hook()) EXECUTE FUNCTION tidewire.on_commit();
+
+
+--
+-- Name: notifications tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.notifications REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('notifications', 'tidewire.notifications');
+
+
+--
+-- Name: stock_prices tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.stock_prices REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('stocks', 'tidewire.stock_prices');
+
+
+--
+-- Name: notifications tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.notifications REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('notifications', 'tidewire.notifications');
+
+
+--
+-- Name: stock_prices tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.stock_prices REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('stocks', 'tidewire.stock_prices');
+
+
+--
+-- Name: notifications tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.notifications REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('notifications', 'tidewire.notifications');
+
+
+--
+-- Name: stock_prices tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.stock_prices REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('stocks', 'tidewire.stock_prices');
+
+
+--
+-- Name: sessions sessions_user_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.sessions
+    ADD CONSTRAINT sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES tidewire.users(id) ON DELETE CASCADE;
+
+
+--
+-- PostgreSQL database dump complete
+--
