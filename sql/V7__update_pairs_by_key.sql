@@ -11,7 +11,7 @@
 -- its position (pg_advisory_xact_lock(int, int); pg_locks shows it as
 -- classid / objid with objsubid 2). Everything that takes the commit-order
 -- lock reads it from here.
-CREATE FUNCTION tidewire.commit_lock_key(OUT classid int, OUT objid int)
+CREATE OR REPLACE FUNCTION tidewire.commit_lock_key(OUT classid int, OUT objid int)
 LANGUAGE sql IMMUTABLE AS $$ SELECT 7355608, 1 $$;
 
 -- At commit: draw the position under a lock held until the commit is
@@ -55,22 +55,55 @@ $$;
 -- since) has nothing to pair by: each updated row is a DELETE + INSERT.
 CREATE OR REPLACE FUNCTION tidewire.capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    key_attnums int2[];
+    other_columns text[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO tidewire.changes (topic, table_name, op, new_row)
         SELECT TG_ARGV[0], TG_ARGV[1], 'INSERT', to_jsonb(r) FROM new_rows r;
+        RETURN NULL;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO tidewire.changes (topic, table_name, op, old_row)
         SELECT TG_ARGV[0], TG_ARGV[1], 'DELETE', to_jsonb(r) FROM old_rows r;
-    ELSE
-        -- Both transition tables hold the rows in the order they were
-        -- updated, so their ordinals pair each new row with its old row.
-        INSERT INTO tidewire.changes (topic, table_name, op, new_row, old_row)
-        SELECT TG_ARGV[0], TG_ARGV[1], 'UPDATE', n.r, o.r
-          FROM (SELECT row_number() OVER () AS i, to_jsonb(r) AS r FROM new_rows r) n
-          JOIN (SELECT row_number() OVER () AS i, to_jsonb(r) AS r FROM old_rows r) o USING (i)
-         ORDER BY i;
+        RETURN NULL;
     END IF;
+
+    SELECT i.indkey::int2[] INTO key_attnums
+      FROM pg_index i
+     WHERE i.indrelid = TG_RELID AND i.indisprimary;
+    IF key_attnums IS NULL THEN
+        INSERT INTO tidewire.changes (topic, table_name, op, new_row, old_row)
+        SELECT TG_ARGV[0], TG_ARGV[1], c.op, c.new_row, c.old_row
+          FROM (SELECT row_number() OVER () AS i, 0 AS half, 'DELETE' AS op,
+                       NULL::jsonb AS new_row, to_jsonb(r) AS old_row
+                  FROM old_rows r
+                UNION ALL
+                SELECT row_number() OVER (), 1, 'INSERT', to_jsonb(r), NULL
+                  FROM new_rows r) c
+         ORDER BY c.i, c.half;
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(array_agg(a.attname::text), '{}') INTO other_columns
+      FROM pg_attribute a
+     WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attnum <> ALL (key_attnums);
+
+    -- The window in each innermost subquery keeps it from being flattened,
+    -- so to_jsonb() runs once per row.
+    INSERT INTO tidewire.changes (topic, table_name, op, new_row, old_row)
+    SELECT TG_ARGV[0], TG_ARGV[1],
+           CASE WHEN o.r IS NULL THEN 'INSERT' WHEN n.r IS NULL THEN 'DELETE' ELSE 'UPDATE' END,
+           n.r, o.r
+      FROM (SELECT s.r, s.i, s.k, row_number() OVER (PARTITION BY s.k ORDER BY s.i) AS nth
+              FROM (SELECT t.r, t.i, t.r - other_columns AS k
+                      FROM (SELECT to_jsonb(r) AS r, row_number() OVER () AS i FROM new_rows r) t) s) n
+      FULL JOIN
+           (SELECT s.r, s.i, s.k, row_number() OVER (PARTITION BY s.k ORDER BY s.i) AS nth
+              FROM (SELECT t.r, t.i, t.r - other_columns AS k
+                      FROM (SELECT to_jsonb(r) AS r, row_number() OVER () AS i FROM old_rows r) t) s) o
+        ON n.k = o.k AND n.nth = o.nth
+     ORDER BY coalesce(n.i, o.i), n.i NULLS FIRST;
     RETURN NULL;
 END
 $$;

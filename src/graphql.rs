@@ -8,20 +8,21 @@ use deadpool_postgres::Pool;
 
 use crate::{
     auth::{AuthQuery, Issuer},
-    db::{ChangeLog, PageLimit},
+    db::ChangeLog,
+    domains::Limits,
     domains::{
         accounts::{AccountsMutation, CredentialLimits},
-        dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription, Traffic},
+        dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
     },
     domains::{
         changes::{ChangesQuery, ChangesSubscription},
-        countdown::{CountdownSubscription, Countdowns},
+        countdown::CountdownSubscription,
     },
-    http::RateLimiter,
     hub::Hub,
-    request_guard::{QueryLimits, RequestGuard},
+    request_guard::RequestGuard,
+    services::{Countdowns, RateLimiter, Traffic},
     sharing::SharingRules,
 };
 
@@ -52,27 +53,6 @@ pub struct Mutation(
 );
 
 pub type TidewireSchema = Schema<Query, Mutation, Subscription>;
-
-/// Settings resolvers need at run time.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Size of one subscriber's change-log reads.
-    pub page: PageLimit,
-    /// Deepest selection nesting a query may have.
-    pub max_depth: usize,
-    /// Most fields a query may select.
-    pub max_complexity: usize,
-    /// Longest `countdown(seconds)`.
-    pub max_countdown: i32,
-    /// Size and nesting of a query's text, checked before parsing.
-    pub query: QueryLimits,
-    /// Largest `where` of `changes`, in bytes of JSON.
-    pub max_where_bytes: usize,
-    /// Most conditions in one `where`.
-    pub max_where_conditions: usize,
-    /// Most values in one `_in` list of a `where`.
-    pub max_where_in_values: usize,
-}
 
 /// The schema with its context data, ready to execute.
 /// What resolvers reach through the context.

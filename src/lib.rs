@@ -30,7 +30,8 @@ pub mod http;
 pub mod hub;
 pub mod request_guard;
 pub mod server;
+pub mod services;
 pub mod sharing;
 pub mod streams;
 
-pub use graphql::Limits;
+pub use domains::Limits;

@@ -12,7 +12,7 @@ use std::{
 use deadpool_postgres::Pool;
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, mpsc, watch},
+    sync::{mpsc, watch},
 };
 
 use crate::{
@@ -22,12 +22,14 @@ use crate::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
         ListenerStatus, PageLimit, Pruner, Watchdog,
     },
-    domains::{accounts::CredentialLimits, countdown::Countdowns, dashboard::Traffic},
+    domains::accounts::CredentialLimits,
+    domains::Limits,
     fanout::{Fanout, GroupBuffer},
-    graphql::{build_schema, sharing_rules, Limits, Services},
-    http::{router, serve, Admission, AppState, ConnectionLimits, RateLimiter},
+    graphql::{build_schema, sharing_rules, Services},
+    http::{router, serve, Admission, AppState, ConnectionLimits},
     hub::Hub,
     request_guard::QueryLimits,
+    services::{presence, Countdowns, RateLimiter, Revocations, Traffic},
 };
 
 /// Bytes one listener read may hold: pages of many subscribers' changes.
@@ -113,13 +115,13 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (revocations, _) = broadcast::channel(1024);
+        let revocations = Revocations::new(1024);
         let stop_rx_presence = stop_rx.clone();
         let status = Arc::new(ListenerStatus::default());
         let listener_task = tokio::spawn(
             Listener {
                 url: self.url.clone(),
-                hub: self.hub.clone(),
+                sink: self.hub.clone(),
                 status: status.clone(),
                 limit: PageLimit {
                     rows: self.config.log_page,
@@ -127,7 +129,7 @@ impl App {
                 },
                 backoff: self.config.listener_backoff,
                 backoff_max: self.config.listener_backoff_max,
-                revocations: revocations.clone(),
+                revocations: Arc::new(revocations.clone()),
             }
             .run(stop_rx.clone()),
         );
@@ -229,9 +231,10 @@ impl App {
             fanout,
             countdowns,
         };
-        let presence_task = tokio::spawn(crate::http::presence::run(
+        let admission = state.admission.clone();
+        let presence_task = tokio::spawn(presence::run(
             self.pool.clone(),
-            state.admission.clone(),
+            Arc::new(move || admission.connected_users()),
             traffic,
             stop_rx_presence,
         ));

@@ -122,7 +122,9 @@ async fn sign_out_ends_that_sessions_streams_and_no_other() {
     let (second, _) = sign_in(&server, "cy@example.com", "password1").await;
     let mut a = subscribed(&server, &first).await;
     let mut b = subscribed(&server, &second).await;
-    wait_for_subscribers(&server, 2).await;
+    // Two sessions of one user share one execution; signing one out must
+    // still end only that session's streams.
+    common::wait_for_shared_subscribers(&server, 2, 1).await;
 
     let started = Instant::now();
     let out = mutate(&server, Some(&first), "mutation { signOut }", json!({})).await;

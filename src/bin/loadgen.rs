@@ -10,10 +10,13 @@
 //! - `writes`: W writers committing as fast as possible, one subscriber
 //!   checking that nothing is lost.
 //!
+//! Before measuring, probe rows (`writer` -1) are written until every
+//! subscription has received one, so none misses the first measured rows.
+//!
 //! Targets only 127.0.0.0/8; every loop is bounded in count and time.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     process::{Command, Stdio},
     sync::{
@@ -40,6 +43,8 @@ const BUCKETS: usize = 20_000;
 /// How long a subscriber keeps reading after its last expected row, so a
 /// late duplicate is counted rather than left unread.
 const QUIET: Duration = Duration::from_millis(250);
+/// The `writer` of probe rows, which only show that a subscription is live.
+const PROBE_WRITER: i32 = -1;
 
 #[derive(Parser)]
 #[command(about = "Tidewire load generator (loopback only)")]
@@ -203,9 +208,9 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         })?);
     }
     for child in &mut children {
-        child.wait_ready()?;
+        child.wait_for("ready")?;
     }
-    wait_for_subscriptions(args.target.server, args.subscribers).await?;
+    wait_until_live(&args.target.database_url, &mut children).await?;
     let rss_held = args.target.server_pid.and_then(rss_bytes);
 
     let started = unix_us();
@@ -313,8 +318,12 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
         churn: false,
         concurrency: 1,
     })?;
-    checker.wait_ready()?;
-    wait_for_subscriptions(args.target.server, 1).await?;
+    checker.wait_for("ready")?;
+    wait_until_live(
+        &args.target.database_url,
+        std::slice::from_mut(&mut checker),
+    )
+    .await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for writer in 0..args.writers {
@@ -407,33 +416,34 @@ async fn write_paced(url: &str, writers: usize, rate: u64, seconds: u64) -> anyh
     Ok(())
 }
 
-/// Polls the server's metrics until `n` subscriptions run.
-async fn wait_for_subscriptions(server: SocketAddrV4, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let running =
-            tokio::task::spawn_blocking(move || metric(server, "tidewire_subscriptions")).await??;
-        if running >= n as f64 {
-            // Give the shared execution a moment to register in the hub.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return Ok(());
+/// Writes probe rows until every client process says each of its
+/// subscriptions received one. A subscription the server has accepted may
+/// join the hub a moment later, and a stream without `after` starts with
+/// the next commit: a fixed pause would lose rows on a busy machine. Bounded
+/// by the clients' own timeout, after which they print their report instead.
+async fn wait_until_live(url: &str, children: &mut [Child]) -> anyhow::Result<()> {
+    let db = tidewire::db::connect_once(url)
+        .await
+        .context("connecting to the database")?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let prober = tokio::spawn(async move {
+        loop {
+            db.execute(
+                "INSERT INTO loadgen_events (writer, seq) VALUES ($1, 0)",
+                &[&PROBE_WRITER],
+            )
+            .await?;
+            tokio::select! {
+                _ = &mut stopped => return anyhow::Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
-        if Instant::now() > deadline {
-            bail!("only {running} of {n} subscriptions registered");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One metric from `GET /metrics` (a plain HTTP/1.0 request).
-fn metric(server: SocketAddrV4, name: &str) -> anyhow::Result<f64> {
-    let mut stream = std::net::TcpStream::connect(server)?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .with_context(|| format!("metric {name} missing"))
+    });
+    let live =
+        tokio::task::block_in_place(|| children.iter_mut().try_for_each(|c| c.wait_for("live")));
+    let _ = stop.send(());
+    prober.await??;
+    live
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -455,10 +465,11 @@ struct Child {
 }
 
 impl Child {
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits for the client process to print `word` (`ready`, `live`).
+    fn wait_for(&mut self, word: &str) -> anyhow::Result<()> {
         match self.lines.next() {
-            Some(Ok(line)) if line == "ready" => Ok(()),
-            other => bail!("client process failed to start: {other:?}"),
+            Some(Ok(line)) if line == word => Ok(()),
+            other => bail!("client process never said {word}: {other:?}"),
         }
     }
 
@@ -552,10 +563,16 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("ready");
+    let opened = sockets.len() as u64;
+    if opened == 0 {
+        println!("live");
+    }
     std::io::stdout().flush()?;
 
-    let opened = sockets.len() as u64;
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats {
+        unprobed: AtomicU64::new(opened),
+        ..Stats::default()
+    });
     let mut readers = Vec::new();
     for ws in sockets {
         let (writers, expect, stats) = (args.writers, args.expect, stats.clone());
@@ -628,6 +645,9 @@ async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> 
 
 /// Counters shared by one process's sockets.
 struct Stats {
+    /// Sockets that have not yet received a probe row; at zero the process
+    /// says `live`.
+    unprobed: AtomicU64,
     received: AtomicU64,
     /// Fewest and most rows one socket received.
     received_min: AtomicU64,
@@ -641,6 +661,7 @@ struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
+            unprobed: AtomicU64::new(0),
             received: AtomicU64::new(0),
             received_min: AtomicU64::new(u64::MAX),
             received_max: AtomicU64::new(0),
@@ -668,6 +689,7 @@ async fn read_deliveries(
     // Rows of the sequences passed so far: received in order or skipped.
     let mut passed = 0;
     let mut missing = 0;
+    let mut probed = false;
     let mut until = deadline;
     loop {
         if passed >= expect {
@@ -686,6 +708,14 @@ async fn read_deliveries(
         ) else {
             continue;
         };
+        if writer == i64::from(PROBE_WRITER) {
+            if !probed && stats.unprobed.fetch_sub(1, Ordering::Relaxed) == 1 {
+                println!("live");
+                let _ = std::io::stdout().flush();
+            }
+            probed = true;
+            continue;
+        }
         received += 1;
         stats.received.fetch_add(1, Ordering::Relaxed);
         stats.last_delivery.fetch_max(now, Ordering::Relaxed);

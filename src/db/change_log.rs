@@ -11,8 +11,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{Cursor, DbError};
 
 /// What happened to a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
-#[graphql(name = "Op")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Insert,
     Update,

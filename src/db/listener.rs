@@ -15,44 +15,20 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{
     change_log::OwnLogReader,
     pool::{parse, LOG_READ_OPTIONS},
-    Cursor, DbError, PageLimit,
+    Change, Cursor, DbError, PageLimit,
 };
-use crate::hub::Hub;
 
 /// Channel the commit trigger notifies (see sql/V1__change_log.sql).
 pub(super) const CHANNEL: &str = "tidewire";
 /// Channel of session revocations (`signOut`, `revokeSessions`); payload
 /// `{"sid": …}` or `{"user": …}`.
 pub const REVOKED_CHANNEL: &str = "tidewire_revoked";
-
-/// A revocation heard from the database, for every open connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    Session(String),
-    User(String),
-    /// Revocations may have been missed (the listener reconnected): every
-    /// connection checks its own session.
-    Recheck,
-}
-
-impl Revocation {
-    fn parse(payload: &str) -> Option<Revocation> {
-        let value: serde_json::Value = serde_json::from_str(payload).ok()?;
-        if let Some(sid) = value.get("sid").and_then(|v| v.as_str()) {
-            return Some(Revocation::Session(sid.to_owned()));
-        }
-        value
-            .get("user")
-            .and_then(|v| v.as_str())
-            .map(|u| Revocation::User(u.to_owned()))
-    }
-}
 
 /// Listener state shared with health checks and metrics.
 #[derive(Debug, Default)]
@@ -82,20 +58,39 @@ impl ListenerStatus {
     }
 }
 
+/// Where the listener publishes changes: the hub, which the listener does
+/// not know.
+pub trait ChangeSink: Send + Sync {
+    /// A committed change, in commit order.
+    fn publish(&self, change: Arc<Change>);
+    /// The log was pruned past what was published: start again at `floor`.
+    fn reset(&self, floor: Cursor);
+    /// The newest change published so far.
+    fn published(&self) -> Cursor;
+}
+
+/// Where the listener hands revocation notices (`tidewire_revoked`).
+pub trait RevocationSink: Send + Sync {
+    /// A notice's payload, as sent by `signOut` / `revokeSessions`.
+    fn heard(&self, payload: &str);
+    /// The listener reconnected: notices sent meanwhile were not heard.
+    fn may_have_missed(&self);
+}
+
 pub struct Listener {
     pub url: String,
-    pub hub: Arc<Hub>,
+    pub sink: Arc<dyn ChangeSink>,
     pub status: Arc<ListenerStatus>,
     pub limit: PageLimit,
     pub backoff: Duration,
     pub backoff_max: Duration,
-    pub revocations: broadcast::Sender<Revocation>,
+    pub revocations: Arc<dyn RevocationSink>,
 }
 
 impl Listener {
     /// Runs until `shutdown` turns true, reconnecting as often as needed.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut last = self.hub.published();
+        let mut last = self.sink.published();
         let mut delay = self.backoff;
         loop {
             if *shutdown.borrow() {
@@ -144,9 +139,7 @@ impl Listener {
             loop {
                 match poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REVOKED_CHANNEL => {
-                        if let Some(revocation) = Revocation::parse(n.payload()) {
-                            let _ = revocations.send(revocation);
-                        }
+                        revocations.heard(n.payload());
                     }
                     Some(Ok(AsyncMessage::Notification(_))) => waker.notify_one(),
                     Some(Ok(_)) => {}
@@ -160,7 +153,7 @@ impl Listener {
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {REVOKED_CHANNEL}"))
                 .await?;
             // Revocations sent while we were away were not heard.
-            let _ = self.revocations.send(Revocation::Recheck);
+            self.revocations.may_have_missed();
             let reader = OwnLogReader::prepare(&client).await?;
             loop {
                 self.drain(&reader, last).await?;
@@ -192,12 +185,12 @@ impl Listener {
                     "the listener fell behind the log's retention; subscribers resume from their cursors"
                 );
                 *last = page.floor;
-                self.hub.reset(page.floor);
+                self.sink.reset(page.floor);
                 continue;
             }
             for change in page.changes {
                 *last = change.cursor;
-                self.hub.publish(Arc::new(change));
+                self.sink.publish(Arc::new(change));
                 self.status.published.fetch_add(1, Ordering::Relaxed);
             }
             self.status.position.store(last.position, Ordering::Relaxed);

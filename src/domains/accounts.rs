@@ -28,7 +28,8 @@ use crate::{
     auth::{now, Issuer, Role, Viewer},
     db::REVOKED_CHANNEL,
     error::{database, internal, ErrorCode},
-    http::RateLimiter,
+    services::MutationLimit,
+    services::RateLimiter,
 };
 
 #[derive(SimpleObject)]
@@ -53,13 +54,13 @@ pub struct AccountsMutation;
 #[Object]
 impl AccountsMutation {
     /// Creates an account (role `user`) and signs it in.
+    #[graphql(guard = "MutationLimit")]
     async fn sign_up(
         &self,
         ctx: &Context<'_>,
         email: String,
         password: String,
     ) -> Result<AuthPayload> {
-        limit(ctx)?;
         let email = email_input(&email)?;
         credential_attempt(ctx, &email)?;
         if password.chars().count() < 8 {
@@ -82,13 +83,13 @@ impl AccountsMutation {
     }
 
     /// Signs in with email and password.
+    #[graphql(guard = "MutationLimit")]
     async fn sign_in(
         &self,
         ctx: &Context<'_>,
         email: String,
         password: String,
     ) -> Result<AuthPayload> {
-        limit(ctx)?;
         let email = email_input(&email)?;
         credential_attempt(ctx, &email)?;
         // An unknown email and a wrong password take the same work and get
@@ -126,8 +127,8 @@ impl AccountsMutation {
     }
 
     /// Ends the caller's session: its streams close on every node.
+    #[graphql(guard = "MutationLimit")]
     async fn sign_out(&self, ctx: &Context<'_>) -> Result<bool> {
-        limit(ctx)?;
         let viewer = signed_in(ctx)?;
         let sid = viewer
             .session_id
@@ -139,13 +140,13 @@ impl AccountsMutation {
 
     /// Admin: ends every session of a user; returns how many. An id no
     /// account has is `NOT_FOUND` (likely a mistake), not "none ended".
+    #[graphql(guard = "MutationLimit")]
     async fn revoke_sessions(&self, ctx: &Context<'_>, user_id: ID) -> Result<i32> {
-        limit(ctx)?;
         let viewer = signed_in(ctx)?;
         if viewer.role != Role::Admin {
             return Err(ErrorCode::Forbidden.error("revokeSessions is for admins"));
         }
-        if !is_uuid(&user_id) {
+        if !crate::services::sessions::is_uuid(&user_id) {
             return Err(ErrorCode::BadUserInput.error("`userId` is not a user id"));
         }
         // The id as `id::text` spells it, which the notice must carry.
@@ -179,29 +180,6 @@ fn pool<'a>(ctx: &Context<'a>) -> &'a Pool {
 fn signed_in<'a>(ctx: &Context<'a>) -> Result<&'a Viewer> {
     ctx.data_opt::<Viewer>()
         .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in first"))
-}
-
-/// Mutations per session (or user, or signed-out address) per second
-/// (`RATE_LIMITED` beyond).
-pub(crate) fn limit(ctx: &Context<'_>) -> Result<()> {
-    let limiter = ctx.data_unchecked::<std::sync::Arc<RateLimiter>>();
-    let key = match (ctx.data_opt::<Viewer>(), ctx.data_opt::<std::net::IpAddr>()) {
-        (
-            Some(Viewer {
-                session_id: Some(sid),
-                ..
-            }),
-            _,
-        ) => format!("session:{sid}"),
-        (Some(viewer), _) => format!("user:{}", viewer.user_id),
-        (None, Some(ip)) => format!("ip:{ip}"),
-        (None, None) => "anonymous".to_owned(),
-    };
-    if limiter.allow(&key) {
-        Ok(())
-    } else {
-        Err(ErrorCode::RateLimited.error("too many mutations; slow down"))
-    }
 }
 
 /// Limits on credential attempts (`signIn`, `signUp`): per client address
@@ -310,63 +288,9 @@ async fn revoke(
     Ok(revoked)
 }
 
-/// The session check could not be made (pool or query failed). Callers
-/// refuse the token: an error never counts as "not revoked".
-#[derive(Debug, thiserror::Error)]
-#[error("cannot check the session: {0}")]
-pub struct SessionCheckError(String);
-
-/// Whether a token naming session `sid` must be refused: the session was
-/// revoked, or it does not exist (an id this server never issued, or its
-/// user was deleted, which deletes their sessions). Tokens of an external
-/// issuer carry no `sid` and are not checked here.
-pub async fn is_revoked(pool: &Pool, sid: &str) -> Result<bool, SessionCheckError> {
-    if !is_uuid(sid) {
-        // Not an id this server issues.
-        return Ok(true);
-    }
-    let failed = |e: &dyn std::fmt::Display| SessionCheckError(e.to_string());
-    let client = pool.get().await.map_err(|e| failed(&e))?;
-    let row = client
-        .query_opt(
-            "SELECT revoked_at IS NOT NULL FROM tidewire.sessions WHERE id = $1::text::uuid",
-            &[&sid],
-        )
-        .await
-        .map_err(|e| failed(&e))?;
-    match row {
-        None => Ok(true),
-        Some(row) => row.try_get(0).map_err(|e| failed(&e)),
-    }
-}
-
-/// The canonical text form of a UUID, as `id::text` gives it.
-pub(crate) fn is_uuid(text: &str) -> bool {
-    text.len() == 36
-        && text.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_ids_are_canonical_uuids() {
-        assert!(is_uuid("0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60"));
-        for bad in [
-            "",
-            "s1",
-            "0b6f2a2e9a414a7e8f5e1d2c3b4a5f60",
-            "{0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60}",
-            "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f6g",
-            "0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f6é",
-        ] {
-            assert!(!is_uuid(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn credential_attempts_are_limited_per_address_and_per_account() {

@@ -7,14 +7,23 @@ use chrono::{DateTime, Utc};
 use futures_util::{future, Stream, StreamExt};
 use serde_json::{Map, Value};
 
+use super::Limits;
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Op, TrackedTable},
     error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub, RowFilter},
     sharing::{ShareQuery, ShareRule, Visibility},
-    Limits,
 };
+
+/// What happened to a row (the log's [`Op`], as GraphQL shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(name = "Op")]
+pub enum ChangeOp {
+    Insert,
+    Update,
+    Delete,
+}
 
 /// One committed change of a tracked table.
 pub struct RowChange(Arc<Change>);
@@ -31,8 +40,12 @@ impl RowChange {
         &self.0.table
     }
 
-    async fn op(&self) -> Op {
-        self.0.op
+    async fn op(&self) -> ChangeOp {
+        match self.0.op {
+            Op::Insert => ChangeOp::Insert,
+            Op::Update => ChangeOp::Update,
+            Op::Delete => ChangeOp::Delete,
+        }
     }
 
     /// The row after the change; null for deletes.

@@ -1,34 +1,13 @@
 //! `countdown(seconds)`: a server-generated stream, no database.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use async_graphql::{Context, Result, Subscription};
 use futures_util::{stream, Stream};
 use tokio::time::{interval_at, Duration, Instant, MissedTickBehavior};
 
-use crate::{error::ErrorCode, Limits};
-
-/// Countdowns running now (a metric: a cancelled one stops its timer).
-#[derive(Debug, Default)]
-pub struct Countdowns(AtomicUsize);
-
-impl Countdowns {
-    pub fn running(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts one running countdown; dropped with its stream.
-struct Running(Arc<Countdowns>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use super::Limits;
+use crate::{error::ErrorCode, services::Countdowns};
 
 #[derive(Default)]
 pub struct CountdownSubscription;
@@ -43,9 +22,7 @@ impl CountdownSubscription {
                 ErrorCode::BadUserInput.error(format!("seconds must be between 0 and {max}"))
             );
         }
-        let counter = ctx.data_unchecked::<Arc<Countdowns>>().clone();
-        counter.0.fetch_add(1, Ordering::Relaxed);
-        let running = Running(counter);
+        let running = ctx.data_unchecked::<Arc<Countdowns>>().start();
         let mut ticks = interval_at(Instant::now(), Duration::from_secs(1));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(stream::unfold(

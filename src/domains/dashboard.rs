@@ -1,13 +1,7 @@
 //! The live dashboard: active users (signed-in users connected now, on every
 //! node), today's revenue, and this node's requests per second.
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_graphql::{Context, Object, Result, SimpleObject, Subscription};
 use deadpool_postgres::Pool;
@@ -16,37 +10,9 @@ use futures_util::{stream, Stream};
 use crate::{
     auth::Viewer,
     error::{database, ErrorCode},
+    services::MutationLimit,
+    services::Traffic,
 };
-
-/// Requests served by this node (HTTP queries and WebSocket messages) and
-/// their rate over the last second.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    total: AtomicU64,
-    /// Total at the last tick.
-    ticked: AtomicU64,
-    /// Requests in the last second, as f64 bits.
-    rate: AtomicU64,
-}
-
-impl Traffic {
-    pub fn count(&self) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Called about once a second (by the presence task): fixes the rate.
-    pub fn tick(&self, seconds: f64) {
-        let total = self.total.load(Ordering::Relaxed);
-        let before = self.ticked.swap(total, Ordering::Relaxed);
-        let rate = (total - before) as f64 / seconds.max(1e-3);
-        self.rate
-            .store(((rate * 10.0).round() / 10.0).to_bits(), Ordering::Relaxed);
-    }
-
-    pub fn rate(&self) -> f64 {
-        f64::from_bits(self.rate.load(Ordering::Relaxed))
-    }
-}
 
 #[derive(SimpleObject, Clone, Debug, PartialEq)]
 pub struct Dashboard {
@@ -93,8 +59,8 @@ pub struct DashboardMutation;
 #[Object]
 impl DashboardMutation {
     /// Records an order of the caller.
+    #[graphql(guard = "MutationLimit")]
     async fn record_order(&self, ctx: &Context<'_>, amount: f64) -> Result<bool> {
-        crate::domains::accounts::limit(ctx)?;
         let viewer = ctx
             .data_opt::<Viewer>()
             .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to order"))?;

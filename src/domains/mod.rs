@@ -8,6 +8,29 @@ pub mod dashboard;
 pub mod notifications;
 pub mod stocks;
 
+use crate::{db::PageLimit, request_guard::QueryLimits};
+
+/// Settings resolvers need at run time.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Size of one subscriber's change-log reads.
+    pub page: PageLimit,
+    /// Deepest selection nesting a query may have.
+    pub max_depth: usize,
+    /// Most fields a query may select.
+    pub max_complexity: usize,
+    /// Longest `countdown(seconds)`.
+    pub max_countdown: i32,
+    /// Size and nesting of a query's text, checked before parsing.
+    pub query: QueryLimits,
+    /// Largest `where` of `changes`, in bytes of JSON.
+    pub max_where_bytes: usize,
+    /// Most conditions in one `where`.
+    pub max_where_conditions: usize,
+    /// Most values in one `_in` list of a `where`.
+    pub max_where_in_values: usize,
+}
+
 /// The client whose turns a subscription's catch-up reads take
 /// ([`crate::hub::CatchupQueue`]): its user when signed in, else its
 /// address.

@@ -9,14 +9,15 @@ use deadpool_postgres::Pool;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
+use super::Limits;
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Op},
     error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub},
+    services::MutationLimit,
     sharing::{ShareQuery, ShareRule, Visibility},
     streams::{batch, pace},
-    Limits,
 };
 
 const TOPIC: &str = "notifications";
@@ -126,6 +127,7 @@ pub struct NotificationsMutation;
 impl NotificationsMutation {
     /// Admin (or a trusted service with an admin token): notify a user, who
     /// must have an account here (`NOT_FOUND` otherwise).
+    #[graphql(guard = "MutationLimit")]
     async fn send_notification(
         &self,
         ctx: &Context<'_>,
@@ -133,7 +135,6 @@ impl NotificationsMutation {
         title: String,
         message: String,
     ) -> Result<Notification> {
-        crate::domains::accounts::limit(ctx)?;
         if viewer(ctx, "send notifications")?.role != Role::Admin {
             return Err(ErrorCode::Forbidden.error("sendNotification is for admins"));
         }
@@ -142,7 +143,7 @@ impl NotificationsMutation {
                 ErrorCode::BadUserInput.error("title: 1–200 bytes; message: at most 10,000")
             );
         }
-        if !crate::domains::accounts::is_uuid(&user_id) {
+        if !crate::services::sessions::is_uuid(&user_id) {
             return Err(ErrorCode::BadUserInput.error("`userId` is not a user id"));
         }
         let client = ctx.data_unchecked::<Pool>().get().await.map_err(database)?;
@@ -162,8 +163,8 @@ impl NotificationsMutation {
     }
 
     /// Marks one of the caller's notifications read.
+    #[graphql(guard = "MutationLimit")]
     async fn mark_notification_read(&self, ctx: &Context<'_>, id: ID) -> Result<Notification> {
-        crate::domains::accounts::limit(ctx)?;
         let user = viewer(ctx, "mark notifications read")?.user_id.clone();
         let id: i64 = id
             .parse()

@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use futures_util::{stream, Stream, StreamExt};
 
+use super::Limits;
 use crate::{
     auth::{Role, Viewer},
     db::{Change, ChangeLog, Cursor, Op},
     error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub},
+    services::MutationLimit,
     streams::pace,
-    Limits,
 };
 
 const TOPIC: &str = "stocks";
@@ -88,13 +89,13 @@ pub struct StocksMutation;
 #[Object]
 impl StocksMutation {
     /// Admin (or a trusted service with an admin token): record a price.
+    #[graphql(guard = "MutationLimit")]
     async fn publish_stock_price(
         &self,
         ctx: &Context<'_>,
         symbol: String,
         value: f64,
     ) -> Result<bool> {
-        crate::domains::accounts::limit(ctx)?;
         match ctx.data_opt::<Viewer>() {
             Some(viewer) if viewer.role == Role::Admin => {}
             Some(_) => return Err(ErrorCode::Forbidden.error("publishStockPrice is for admins")),

@@ -5,9 +5,7 @@ mod admission;
 mod connections;
 mod health;
 mod outbox;
-pub mod presence;
 pub mod protocol;
-mod rate_limit;
 mod subscription;
 mod websocket;
 
@@ -31,22 +29,20 @@ use axum::{
 };
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 pub use admission::{normalize_origin, Admission};
 use connections::WireMeter;
 pub use connections::{serve, ConnectionLimits};
-pub use rate_limit::RateLimiter;
 
 use crate::{
     auth::{AuthError, Verifier},
-    db::{ListenerStatus, Revocation},
-    domains::countdown::Countdowns,
-    domains::dashboard::Traffic,
+    db::ListenerStatus,
     error::{with_codes, ErrorCode},
     fanout::Fanout,
     graphql::TidewireSchema,
     hub::Hub,
+    services::{is_revoked, Countdowns, Revocations, SessionCheckError, Traffic},
 };
 
 /// Everything a request handler may need.
@@ -92,7 +88,7 @@ pub struct AppState {
     /// Verifies the tokens of HTTP requests and WebSocket connections.
     pub verifier: Arc<Verifier>,
     /// Session revocations heard by this node's listener.
-    pub revocations: broadcast::Sender<Revocation>,
+    pub revocations: Revocations,
     /// Who may open a WebSocket: origin allow-list, connections per address.
     pub admission: Arc<Admission>,
 }
@@ -283,9 +279,9 @@ async fn graphql_get(
 async fn viewer_revoked(
     state: &AppState,
     viewer: &crate::auth::Viewer,
-) -> Result<bool, crate::domains::accounts::SessionCheckError> {
+) -> Result<bool, SessionCheckError> {
     match &viewer.session_id {
-        Some(sid) => crate::domains::accounts::is_revoked(&state.pool, sid).await,
+        Some(sid) => is_revoked(&state.pool, sid).await,
         None => Ok(false),
     }
 }

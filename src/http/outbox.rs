@@ -5,7 +5,10 @@
 //! subscription tasks) wait: a slow client's subscriptions stop pulling and
 //! later read the log from their cursors instead of growing this queue.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{stream::SplitSink, SinkExt};
@@ -13,8 +16,6 @@ use tokio::{
     sync::{mpsc, OwnedSemaphorePermit, Semaphore},
     task::JoinHandle,
 };
-
-use super::AppState;
 
 /// A frame on its way out, holding its share of the connection's budget.
 pub(super) struct Outgoing {
@@ -31,7 +32,8 @@ pub(super) struct Outbox {
     queue: mpsc::Sender<Box<Outgoing>>,
     budget: Arc<Semaphore>,
     limit: usize,
-    state: Arc<AppState>,
+    /// Outgoing bytes queued over all connections (a metric).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 /// The connection is closing; stop producing.
@@ -53,7 +55,7 @@ impl Outbox {
             .acquire_many_owned(wanted)
             .await
             .map_err(|_| Closed)?;
-        self.state.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let frame = Box::new(Outgoing {
             message,
             _permit: Some(permit),
@@ -82,11 +84,14 @@ impl Outbox {
 
 impl Outbox {
     /// The outbox of a socket's `sink`, and the task that writes it.
+    /// `limit`: outgoing bytes this connection may have unsent;
+    /// `queued_bytes`: the metric over all connections.
     pub(super) fn open(
         sink: SplitSink<WebSocket, Message>,
-        state: &Arc<AppState>,
+        limit: usize,
+        queued_bytes: Arc<AtomicUsize>,
     ) -> (Outbox, JoinHandle<()>) {
-        let limit = state.max_queued_bytes.max(1);
+        let limit = limit.max(1);
         // The byte budget bounds the queue; the count is a backstop for tiny
         // frames.
         let (queue, frames) = mpsc::channel(1024);
@@ -94,11 +99,11 @@ impl Outbox {
             queue,
             budget: Arc::new(Semaphore::new(limit)),
             limit,
-            state: state.clone(),
+            queued_bytes: queued_bytes.clone(),
         };
         (
             outbox,
-            tokio::spawn(write_frames(sink, frames, state.clone())),
+            tokio::spawn(write_frames(sink, frames, queued_bytes)),
         )
     }
 }
@@ -106,7 +111,7 @@ impl Outbox {
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Box<Outgoing>>,
-    state: Arc<AppState>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
     let mut failed = false;
     while let Some(frame) = frames.recv().await {
@@ -138,7 +143,7 @@ async fn write_frames(
                 frames.close();
             }
         }
-        state.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
     let _ = sink.close().await;
 }

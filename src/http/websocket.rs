@@ -36,8 +36,7 @@ use super::{
 };
 use crate::{
     auth::{self, AuthError, Viewer},
-    db::Revocation,
-    domains::accounts::is_revoked,
+    services::{is_revoked, Revocation},
 };
 
 /// Slack over `--max-message-bytes` a message may take on the wire: frame
@@ -78,7 +77,7 @@ async fn serve(
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
-    let (outbox, writer) = Outbox::open(sink, &state);
+    let (outbox, writer) = Outbox::open(sink, state.max_queued_bytes, state.queued_bytes.clone());
     let mut session = Session {
         frames: Arc::new(Frames { protocol }),
         outbox: outbox.clone(),

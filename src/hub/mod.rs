@@ -143,6 +143,20 @@ impl Hub {
     }
 }
 
+impl crate::db::ChangeSink for Hub {
+    fn publish(&self, change: Arc<Change>) {
+        Hub::publish(self, change);
+    }
+
+    fn reset(&self, floor: Cursor) {
+        Hub::reset(self, floor);
+    }
+
+    fn published(&self) -> Cursor {
+        Hub::published(self)
+    }
+}
+
 /// One subscriber's registration; unregisters on drop.
 #[derive(Debug)]
 pub struct Subscription {

@@ -7,12 +7,14 @@ use std::{sync::Arc, time::Duration};
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
-use super::Admission;
-use crate::domains::dashboard::Traffic;
+use super::Traffic;
+
+/// The signed-in users connected to this node now.
+pub type ConnectedUsers = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 pub async fn run(
     pool: Pool,
-    admission: Arc<Admission>,
+    connected: ConnectedUsers,
     traffic: Arc<Traffic>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -36,7 +38,7 @@ pub async fn run(
         let (Some(node), Ok(client)) = (&node, pool.get().await) else {
             continue;
         };
-        let users = admission.connected_users();
+        let users = connected();
         if let Err(error) = client
             .execute(
                 "INSERT INTO tidewire.presence (node, users, heartbeat) VALUES ($1::text::uuid, $2, now())
