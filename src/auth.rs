@@ -71,15 +71,21 @@ impl Issuer {
     }
 
     /// A token for `user_id` in `session_id`, expiring at `expires_at`.
-    pub fn issue(&self, user_id: &str, role: Role, session_id: &str, expires_at: i64) -> String {
+    /// A signed token; an error (never an empty token) if signing fails.
+    pub fn issue(
+        &self,
+        user_id: &str,
+        role: Role,
+        session_id: &str,
+        expires_at: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             sub: user_id.to_owned(),
             role: Some(role.as_str().to_owned()),
             sid: Some(session_id.to_owned()),
             exp: expires_at,
         };
-        // HS256 signing of a small struct cannot fail.
-        encode(&Header::default(), &claims, &self.key).unwrap_or_default()
+        encode(&Header::default(), &claims, &self.key)
     }
 }
 

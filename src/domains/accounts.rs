@@ -252,7 +252,9 @@ async fn open_session(
         .map_err(internal)?;
     let sid: String = row.get(0);
     Ok(AuthPayload {
-        token: issuer.issue(&user_id, role, &sid, expires_at),
+        token: issuer
+            .issue(&user_id, role, &sid, expires_at)
+            .map_err(internal)?,
         expires_at,
         user: User {
             id: ID(user_id),
