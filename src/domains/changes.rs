@@ -16,7 +16,7 @@ use crate::{
     sharing::{ShareQuery, ShareRule, Visibility},
 };
 
-/// What happened to a row (the log's [`Op`], as GraphQL shows it).
+/// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
 #[graphql(name = "Op")]
 pub enum ChangeOp {

@@ -154,9 +154,6 @@ impl Subscription {
                     self.outbox
                         .text(self.frames.next(&self.quoted_id, &item.payload))
                         .await?;
-                    self.outbox
-                        .text(self.frames.next(&self.quoted_id, &item.payload))
-                        .await?;
                 }
                 Err(RingRecvError::Lagged(_)) => {
                     // Too slow for the group: catch up alone from the log,
