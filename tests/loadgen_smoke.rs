@@ -103,6 +103,15 @@ async fn fanout_churn_and_writes_check_every_delivery() {
     assert_eq!(fanout["missing"], 0, "{fanout}");
     assert_eq!(fanout["duplicates_or_out_of_order"], 0, "{fanout}");
     assert_latency_plausible(&fanout, rows * SUBSCRIBERS);
+    // Identical subscriptions shared their execution (what the benchmark
+    // measures); one falling behind may run alone for a while.
+    let executions = server
+        .metric("tidewire_subscription_executions_total")
+        .await;
+    assert!(
+        executions < SUBSCRIBERS as f64,
+        "{executions} executions for {SUBSCRIBERS} identical subscriptions"
+    );
 
     let churn = tokio::task::spawn_blocking({
         let (addr, url) = (addr.clone(), url.clone());

@@ -634,10 +634,12 @@ async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> 
             _ => bail!("no connection_ack"),
         }
     }
+    // Identical, with `cursor`: the server runs one shared execution for
+    // all of them, as it does for real clients that can resume.
     let subscribe = json!({
         "id": "1",
         "type": "subscribe",
-        "payload": {"query": format!("subscription {{ changes(table: \"{TABLE}\") {{ row committedAt }} }}")}
+        "payload": {"query": format!("subscription {{ changes(table: \"{TABLE}\") {{ cursor row committedAt }} }}")}
     });
     ws.send(Message::text(subscribe.to_string())).await?;
     Ok(ws)
