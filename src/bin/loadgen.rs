@@ -100,6 +100,11 @@ struct FanoutArgs {
     /// Extra seconds to wait for the last deliveries.
     #[arg(long, default_value_t = 30)]
     drain: u64,
+    /// Sign each client in as its own user, with a token signed HS256 with
+    /// this secret (the server's --jwt-secret); without it clients are
+    /// anonymous.
+    #[arg(long)]
+    sign_in_with: Option<String>,
 }
 
 #[derive(Args)]
@@ -154,6 +159,9 @@ struct ClientArgs {
     churn: bool,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Sign each socket in as its own user (see `fanout --sign-in-with`).
+    #[arg(long)]
+    sign_in_with: Option<String>,
 }
 
 /// What one client process saw.
@@ -205,6 +213,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             timeout: args.seconds + args.drain + 120,
             churn: false,
             concurrency: 64,
+            sign_in_with: args.sign_in_with.clone(),
         })?);
     }
     for child in &mut children {
@@ -213,6 +222,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     wait_until_live(&args.target.database_url, &mut children).await?;
     let rss_held = args.target.server_pid.and_then(rss_bytes);
 
+    let cpu_before = args.target.server_pid.and_then(cpu_seconds);
     let started = unix_us();
     let write_started = Instant::now();
     write_paced(
@@ -229,8 +239,13 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     drop(db);
 
+    let cpu_after = args.target.server_pid.and_then(cpu_seconds);
     let merged = merge(&reports);
     let deliveries = merged.received;
+    let cpu_us_per_delivery = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if deliveries > 0 => json!((b - a) * 1e6 / deliveries as f64),
+        _ => json!(null),
+    };
     let span = (merged.last_delivery_unix_us.saturating_sub(started)) as f64 / 1e6;
     let per_connection = match (rss_idle, rss_held) {
         (Some(a), Some(b)) => json!((b.saturating_sub(a)) as f64 / args.subscribers as f64),
@@ -256,6 +271,8 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "server_rss_idle_bytes": rss_idle,
         "server_rss_held_bytes": rss_held,
         "server_bytes_per_connection": per_connection,
+        "server_cpu_us_per_delivery": cpu_us_per_delivery,
+        "signed_in": args.sign_in_with.is_some(),
         "processes": args.processes,
         "sources": args.sources,
     });
@@ -281,6 +298,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             timeout: 120,
             churn: true,
             concurrency: args.concurrency,
+            sign_in_with: None,
         })?);
     }
     let reports: Vec<ClientReport> = children
@@ -317,6 +335,7 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
         timeout: 300,
         churn: false,
         concurrency: 1,
+        sign_in_with: None,
     })?;
     checker.wait_for("ready")?;
     wait_until_live(
@@ -446,6 +465,19 @@ async fn wait_until_live(url: &str, children: &mut [Child]) -> anyhow::Result<()
     live
 }
 
+/// User + system CPU seconds the process has used (`/proc/PID/stat`, in
+/// the kernel's USER_HZ of 100 ticks a second).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesized command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -506,6 +538,9 @@ fn spawn_client(args: &ClientArgs) -> anyhow::Result<Child> {
     if args.churn {
         command.arg("--churn");
     }
+    if let Some(secret) = &args.sign_in_with {
+        command.arg("--sign-in-with").arg(secret);
+    }
     let mut process = command.stdout(Stdio::piped()).spawn()?;
     let stdout = process.stdout.take().context("no stdout")?;
     Ok(Child {
@@ -533,8 +568,13 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
         let server = args.server;
         let permit = semaphore.clone().acquire_owned().await?;
         let failed = failed.clone();
+        let token = args
+            .sign_in_with
+            .as_deref()
+            .map(|secret| user_token(secret, &format!("bench-{}-{i}", args.source_offset)))
+            .transpose()?;
         connecting.push(tokio::spawn(async move {
-            let result = open(server, source).await;
+            let result = open(server, source, token).await;
             drop(permit);
             match result {
                 Ok(ws) => Some(ws),
@@ -611,7 +651,23 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connect from `source`, `connection_init`, wait for the ack, subscribe.
-async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> {
+/// A day-long token for `user`, signed HS256 with `secret`.
+fn user_token(secret: &str, user: &str) -> anyhow::Result<String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
+    let claims = json!({"sub": user, "role": "user", "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
+}
+
+async fn open(
+    server: SocketAddrV4,
+    source: Ipv4Addr,
+    token: Option<String>,
+) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
     let stream = socket.connect(SocketAddr::V4(server)).await?;
@@ -625,8 +681,14 @@ async fn open(server: SocketAddrV4, source: Ipv4Addr) -> anyhow::Result<Socket> 
         .write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
-    ws.send(Message::text(r#"{"type":"connection_init"}"#))
-        .await?;
+    let init = match token {
+        Some(token) => json!({
+            "type": "connection_init",
+            "payload": {"authorization": format!("Bearer {token}")},
+        }),
+        None => json!({"type": "connection_init"}),
+    };
+    ws.send(Message::text(init.to_string())).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) if text.contains("connection_ack") => break,

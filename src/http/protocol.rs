@@ -1,10 +1,14 @@
 //! The GraphQL-over-WebSocket wire formats, unaware of sockets: parsing
 //! client messages and building server frames for `graphql-transport-ws`
-//! and the legacy `graphql-ws` (subscriptions-transport-ws).
+//! and the legacy `graphql-ws` (subscriptions-transport-ws); `state`
+//! holds one connection's conversation in them.
+
+mod state;
 
 use async_graphql::Request;
 use serde::Deserialize;
 use serde_json::Value;
+pub(crate) use state::{Event, Output, ProtocolState};
 
 /// Which subprotocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,8 @@ impl Protocol {
 
 /// Close codes of graphql-transport-ws (also used on the legacy protocol).
 pub mod close {
+    /// The client said `connection_terminate` (legacy).
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;

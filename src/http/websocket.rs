@@ -1,6 +1,8 @@
-//! One WebSocket connection: the reader loop (client messages, keep-alive,
-//! shutdown), a task per subscription, and a writer task behind a byte
-//! budget.
+//! One WebSocket connection's driver: the reader loop (client messages,
+//! keep-alive, deadlines, revocations, shutdown) feeds the connection's
+//! [`ProtocolState`] and carries out what it answers — a task per
+//! subscription, checks of tokens and sessions, frames into a writer task
+//! behind a byte budget.
 //!
 //! Subscriptions whose shape can be shared join a [`Fanout`] group and only
 //! splice their id into its pre-serialized results. The budget bounds what a
@@ -11,10 +13,12 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    ops::ControlFlow,
     pin::Pin,
     sync::{atomic::Ordering, Arc},
 };
 
+use async_graphql::Request;
 use axum::{
     extract::ws::{Message, WebSocket, WebSocketUpgrade},
     response::Response,
@@ -30,7 +34,7 @@ use super::{
     admission::UserTicket,
     connections::{WireLimitExceeded, WireMeter},
     outbox::Outbox,
-    protocol::{close, quote, ClientMessage, Frames, Protocol},
+    protocol::{quote, Event, Frames, Output, Protocol, ProtocolState},
     subscription::Subscription,
     AppState,
 };
@@ -78,86 +82,61 @@ async fn serve(
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
     let (outbox, writer) = Outbox::open(sink, state.max_queued_bytes, state.queued_bytes.clone());
-    let mut session = Session {
+    let mut driver = Driver {
+        protocol: ProtocolState::new(protocol, state.max_subscriptions),
         frames: Arc::new(Frames { protocol }),
         outbox: outbox.clone(),
         state: state.clone(),
-        subscriptions: HashMap::new(),
-        initialized: false,
-        viewer: None,
+        tasks: HashMap::new(),
         address,
         user_ticket: None,
         revocations: None,
+        deadline: Some(Box::pin(tokio::time::sleep(state.init_timeout))),
     };
     let mut keepalive = tokio::time::interval(state.keepalive);
     keepalive.reset();
-    // Before `connection_init`: its timeout; after: the token's expiry, if
-    // signed in. Boxed and optional so an anonymous idle socket holds no
-    // timer.
-    let mut deadline: Option<Pin<Box<Sleep>>> =
-        Some(Box::pin(tokio::time::sleep(state.init_timeout)));
-    // The expiry the deadline stands for; `Some(None)` = none after init.
-    let mut deadline_for: Option<Option<i64>> = None;
     let mut shutdown = state.shutdown.clone();
 
+    // Each step is boxed: the future every idle connection holds keeps only
+    // a pointer across it, not the step's state (a session check, a send).
     let ending: Option<(u16, String)> = loop {
-        tokio::select! {
+        let step = tokio::select! {
             message = source.next() => {
                 meter.message_done();
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text.to_string(),
-                    Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
-                        Ok(text) => text,
-                        Err(_) => break Some((close::INVALID_MESSAGE, "invalid message: not UTF-8".into())),
-                    },
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) => break read_failure(&error),
+                Box::pin(driver.read(message)).await
+            }
+            revocation = next_revocation(&mut driver.revocations) => {
+                Box::pin(driver.heard(revocation)).await
+            }
+            _ = until(&mut driver.deadline) => {
+                driver.deadline = None;
+                let event = match driver.protocol.initialized() {
+                    true => Event::TokenExpired,
+                    false => Event::InitTimeout,
                 };
-                if let Some(ending) = Box::pin(session.handle(&text)).await {
-                    break Some(ending);
-                }
-                let expires = session.viewer.as_ref().map(|v| v.expires_at);
-                if session.initialized && deadline_for != Some(expires) {
-                    deadline_for = Some(expires);
-                    deadline = expires.map(|at| Box::pin(tokio::time::sleep(auth::time_until(at))));
-                }
-            }
-            revocation = next_revocation(&mut session.revocations) => {
-                if Box::pin(session.hit_by(revocation)).await {
-                    Box::pin(session.unauthenticate("the session was revoked")).await;
-                    break Some((close::FORBIDDEN, "Forbidden: the session was revoked".into()));
-                }
-            }
-            _ = until(&mut deadline) => {
-                if !session.initialized {
-                    break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
-                }
-                Box::pin(session.unauthenticate("the token has expired")).await;
-                break Some((close::FORBIDDEN, "Forbidden: the token has expired".into()));
+                Box::pin(driver.on(event)).await
             }
             _ = keepalive.tick() => {
-                if meter.message_age().is_some_and(|age| age > state.ws_message_timeout) {
-                    break Some((close::POLICY, "a message was not completed in time".into()));
-                }
-                let ping = match session.frames.keepalive() {
-                    Some(ka) if session.initialized => Message::Text(ka.into()),
-                    _ => Message::Ping(Default::default()),
+                let overdue = meter.message_age().is_some_and(|age| age > state.ws_message_timeout);
+                let event = match overdue {
+                    true => Event::MessageTimedOut,
+                    false => Event::KeepAlive,
                 };
-                if outbox.send(ping).await.is_err() {
-                    break None;
-                }
+                Box::pin(driver.on(event)).await
             }
-            _ = shutdown.changed() => break Some((close::GOING_AWAY, "server shutting down".into())),
+            _ = shutdown.changed() => Box::pin(driver.on(Event::ShuttingDown)).await,
+        };
+        if let ControlFlow::Break(ending) = step {
+            break ending;
         }
     };
-    for (_, task) in session.subscriptions.drain() {
+    for (_, task) in driver.tasks.drain() {
         task.abort();
     }
     if let Some((code, reason)) = ending {
         outbox.close(code, &reason);
     }
-    drop(session);
+    drop(driver);
     drop(outbox);
     let _ = writer.await;
     state.sockets.fetch_sub(1, Ordering::Relaxed);
@@ -181,158 +160,168 @@ async fn next_revocation(
     }
 }
 
-/// An oversized message closes with 1009, one that takes too many bytes on
-/// the wire (endless fragments) with 1008; other read errors just end.
-fn read_failure(error: &axum::Error) -> Option<(u16, String)> {
+/// An oversized message, or one that takes too many bytes on the wire
+/// (endless fragments); other read errors just end the connection.
+fn read_failure(error: &axum::Error) -> Option<Event<'static>> {
     use tokio_tungstenite::tungstenite::{error::CapacityError, Error};
     let cause = std::error::Error::source(error)?.downcast_ref::<Error>()?;
     match cause {
-        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
-            Some((close::TOO_BIG, "message too big".to_owned()))
-        }
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Event::TooBig),
         Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<WireLimitExceeded>()) => {
-            Some((close::POLICY, "message too big on the wire".to_owned()))
+            Some(Event::TooBigOnTheWire)
         }
         _ => None,
     }
 }
 
-/// The reader's state: what the client has set up on this connection.
-struct Session {
+/// How a step ended: go on, or end the connection (with a close frame, or
+/// without when the client is gone).
+type Step = ControlFlow<Option<(u16, String)>>;
+
+/// The socket side of a connection: carries out what its protocol state
+/// asks, and holds what that takes.
+struct Driver {
+    /// What the client has set up: the protocol's state machine.
+    protocol: ProtocolState,
+    /// Shared with the subscription tasks.
     frames: Arc<Frames>,
     outbox: Outbox,
     state: Arc<AppState>,
-    subscriptions: HashMap<String, JoinHandle<()>>,
-    initialized: bool,
-    /// From the token in `connection_init` (or a later refresh).
-    viewer: Option<Viewer>,
+    /// The running subscriptions' tasks, by id.
+    tasks: HashMap<String, JoinHandle<()>>,
     /// The client's address (rate limits of anonymous mutations).
     address: IpAddr,
     /// Counts this connection against its user while it lives.
     user_ticket: Option<UserTicket>,
     /// Revocations heard by this node, once a token was presented.
     revocations: Option<broadcast::Receiver<Revocation>>,
+    /// Before `connection_init`: its timeout; after: the token's expiry, if
+    /// signed in. Boxed and optional so an anonymous idle socket holds no
+    /// timer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl Session {
-    /// Handles one client message; `Some` closes the connection.
-    async fn handle(&mut self, text: &str) -> Option<(u16, String)> {
-        self.state.traffic.count();
-        let message = match ClientMessage::parse(text, self.frames.protocol) {
-            Ok(message) => message,
-            Err(error) => return Some((close::INVALID_MESSAGE, error.to_string())),
-        };
+impl Driver {
+    /// What the socket read.
+    async fn read(&mut self, message: Option<Result<Message, axum::Error>>) -> Step {
         match message {
-            ClientMessage::Init(_) if self.initialized => {
-                return Some((
-                    close::TOO_MANY_INITS,
-                    "Too many initialisation requests".into(),
-                ));
+            Some(Ok(Message::Text(text))) => self.receive(&text).await,
+            Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.receive(text).await,
+                Err(_) => self.on(Event::NotUtf8).await,
+            },
+            // The client has gone.
+            Some(Ok(Message::Close(_))) | None => ControlFlow::Break(None),
+            // WebSocket pings and pongs.
+            Some(Ok(_)) => ControlFlow::Continue(()),
+            Some(Err(error)) => match read_failure(&error) {
+                Some(event) => self.on(event).await,
+                None => ControlFlow::Break(None),
+            },
+        }
+    }
+
+    /// A revocation heard on this node.
+    async fn heard(&mut self, revocation: Result<Revocation, RecvError>) -> Step {
+        match self.hit_by(revocation).await {
+            true => self.on(Event::Revoked).await,
+            false => ControlFlow::Continue(()),
+        }
+    }
+
+    /// One client message.
+    async fn receive(&mut self, text: &str) -> Step {
+        self.state.traffic.count();
+        // The protocol state counts running subscriptions and refuses
+        // duplicate ids: first tell it which have ended.
+        let protocol = &mut self.protocol;
+        self.tasks.retain(|id, task| {
+            let finished = task.is_finished();
+            if finished {
+                let outputs = protocol.on(Event::Finished(id));
+                debug_assert!(outputs.is_empty());
             }
-            ClientMessage::Init(payload) => {
-                if let Some(value) = authorization(payload.as_ref()) {
-                    match self.authenticate(value).await {
-                        Ok(viewer) => {
-                            match self.state.admission.admit_user(&viewer.user_id) {
-                                Some(ticket) => self.user_ticket = Some(ticket),
-                                None => {
-                                    return Some((
-                                        close::TOO_MANY_INITS,
-                                        "too many connections for this user".into(),
-                                    ))
-                                }
-                            }
-                            self.viewer = Some(viewer);
-                        }
-                        Err(error) => {
-                            return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
+            !finished
+        });
+        self.on(Event::Message(text)).await
+    }
+
+    /// Feeds `event` to the protocol state and carries out its outputs,
+    /// answering the checks it asks for.
+    async fn on(&mut self, event: Event<'_>) -> Step {
+        let mut outputs = self.protocol.on(event);
+        loop {
+            let mut answer = None;
+            for output in outputs {
+                match output {
+                    Output::Send(text) => {
+                        if self.outbox.text(text).await.is_err() {
+                            return ControlFlow::Break(None);
                         }
                     }
-                }
-                self.initialized = true;
-                let _ = self.outbox.text(self.frames.ack()).await;
-            }
-            ClientMessage::Ping(payload) => {
-                // A ping may carry a fresh token for the user the connection
-                // signed in as in `connection_init` (and is counted against):
-                // the connection and its subscriptions go on under it. Only
-                // `connection_init` signs a connection in.
-                if let Some(value) = authorization(payload.as_ref()) {
-                    let Some(user) = self.viewer.as_ref().map(|v| v.user_id.clone()) else {
-                        return Some((
-                            close::FORBIDDEN,
-                            "Forbidden: sign in with the token in connection_init".into(),
-                        ));
-                    };
-                    match self.authenticate(value).await {
-                        Ok(fresh) if fresh.user_id == user => {
-                            self.viewer = Some(fresh);
-                        }
-                        Ok(_) => {
-                            return Some((
-                                close::FORBIDDEN,
-                                "Forbidden: the token is for another user".into(),
-                            ))
-                        }
-                        Err(error) => {
-                            return Some((close::FORBIDDEN, format!("Forbidden: {error}")))
+                    Output::Ping => {
+                        if self
+                            .outbox
+                            .send(Message::Ping(Default::default()))
+                            .await
+                            .is_err()
+                        {
+                            return ControlFlow::Break(None);
                         }
                     }
+                    Output::Authenticate(bearer) => {
+                        answer = Some(Event::Authenticated(self.authenticate(&bearer).await));
+                    }
+                    Output::Admit(user) => {
+                        self.user_ticket = self.state.admission.admit_user(&user);
+                        answer = Some(Event::Admitted(self.user_ticket.is_some()));
+                    }
+                    Output::ExpiresAt(at) => {
+                        self.deadline =
+                            at.map(|at| Box::pin(tokio::time::sleep(auth::time_until(at))));
+                    }
+                    Output::Start { id, request } => self.start(id, *request),
+                    Output::Stop(id) => {
+                        if let Some(task) = self.tasks.remove(&id) {
+                            task.abort();
+                        }
+                    }
+                    Output::EndAllWithError(errors) => self.end_all(&errors).await,
+                    Output::Close(code, reason) => return ControlFlow::Break(Some((code, reason))),
                 }
-                // Echo the payload, but never a token.
-                let echo = payload
-                    .as_ref()
-                    .filter(|_| authorization(payload.as_ref()).is_none());
-                let _ = self.outbox.text(self.frames.pong(echo)).await;
             }
-            ClientMessage::Pong => {}
-            ClientMessage::Terminate => return Some((1000, "terminated".into())),
-            ClientMessage::Subscribe { .. } if !self.initialized => {
-                return Some((close::UNAUTHORIZED, "Unauthorized".into()));
-            }
-            ClientMessage::Subscribe { id, request } => {
-                self.subscriptions.retain(|_, task| !task.is_finished());
-                if self.subscriptions.contains_key(&id) {
-                    let reason = format!(
-                        "Subscriber for {} already exists",
-                        id.chars().take(64).collect::<String>()
-                    );
-                    return Some((close::DUPLICATE_ID, reason));
-                }
-                if self.subscriptions.len() >= self.state.max_subscriptions {
-                    let errors = serde_json::json!([{
-                        "message": format!(
-                            "too many subscriptions on this connection (at most {})",
-                            self.state.max_subscriptions
-                        ),
-                        "extensions": {"code": "RATE_LIMITED"},
-                    }]);
-                    let frame = self.frames.error(&quote(&id), &errors.to_string());
-                    let _ = self.outbox.text(frame).await;
-                    return None;
-                }
-                let run = Subscription {
-                    quoted_id: quote(&id),
-                    frames: self.frames.clone(),
-                    outbox: self.outbox.clone(),
-                    state: self.state.clone(),
-                    viewer: self.viewer.clone(),
-                    address: self.address,
-                };
-                self.subscriptions
-                    .insert(id, tokio::spawn(run.run(*request)));
-            }
-            ClientMessage::Complete { id } => {
-                if let Some(task) = self.subscriptions.remove(&id) {
-                    task.abort();
-                }
+            match answer {
+                Some(event) => outputs = self.protocol.on(event),
+                None => return ControlFlow::Continue(()),
             }
         }
-        None
     }
-}
 
-impl Session {
+    fn start(&mut self, id: String, request: Request) {
+        let run = Subscription {
+            quoted_id: quote(&id),
+            frames: self.frames.clone(),
+            outbox: self.outbox.clone(),
+            state: self.state.clone(),
+            viewer: self.protocol.viewer().cloned(),
+            address: self.address,
+        };
+        self.tasks.insert(id, tokio::spawn(run.run(request)));
+    }
+
+    /// Ends every subscription; those still running get an `error` frame.
+    async fn end_all(&mut self, errors: &str) {
+        for (id, task) in self.tasks.drain() {
+            task.abort();
+            if !task.is_finished() {
+                let _ = self
+                    .outbox
+                    .text(self.frames.error(&quote(&id), errors))
+                    .await;
+            }
+        }
+    }
+
     /// A verified token whose session is not revoked.
     async fn authenticate(&mut self, bearer: &str) -> Result<Viewer, AuthError> {
         // Listen before checking, so a revocation in between is heard.
@@ -363,7 +352,7 @@ impl Session {
 
     /// Whether `revocation` ends this connection's session.
     async fn hit_by(&self, revocation: Result<Revocation, RecvError>) -> bool {
-        let Some(viewer) = &self.viewer else {
+        let Some(viewer) = self.protocol.viewer() else {
             return false;
         };
         match revocation {
@@ -374,31 +363,4 @@ impl Session {
             Err(RecvError::Closed) => false,
         }
     }
-
-    /// Ends every running subscription with an `UNAUTHENTICATED` error.
-    async fn unauthenticate(&mut self, reason: &str) {
-        let errors = serde_json::json!([{
-            "message": reason,
-            "extensions": {"code": "UNAUTHENTICATED"},
-        }])
-        .to_string();
-        for (id, task) in self.subscriptions.drain() {
-            task.abort();
-            if !task.is_finished() {
-                let _ = self
-                    .outbox
-                    .text(self.frames.error(&quote(&id), &errors))
-                    .await;
-            }
-        }
-    }
-}
-
-/// The `authorization` value of a `connection_init` or `ping` payload.
-fn authorization(payload: Option<&serde_json::Value>) -> Option<&str> {
-    let payload = payload?;
-    payload
-        .get("authorization")
-        .or_else(|| payload.get("Authorization"))?
-        .as_str()
 }
