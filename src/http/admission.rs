@@ -17,7 +17,8 @@ pub struct Admission {
     /// Normalized origins (`scheme://host:port`) whose pages may open
     /// WebSockets: the server's own and the configured ones.
     origins: Vec<String>,
-    users: Slots<String>,
+    /// Connections per user; the key is shared with each `UserTicket`.
+    users: Slots<Arc<str>>,
 }
 
 /// Why an upgrade was refused.
@@ -42,7 +43,7 @@ impl IntoResponse for Refusal {
 #[derive(Debug)]
 pub struct UserTicket {
     admission: Arc<Admission>,
-    user: String,
+    user: Arc<str>,
 }
 
 impl Drop for UserTicket {
@@ -73,14 +74,19 @@ impl Admission {
 
     /// Users with at least one connection open on this node.
     pub fn connected_users(&self) -> Vec<String> {
-        self.users.keys()
+        self.users
+            .keys()
+            .iter()
+            .map(|user| user.to_string())
+            .collect()
     }
 
     /// Counts a connection against `user` (once it has authenticated).
     pub fn admit_user(self: &Arc<Self>, user: &str) -> Option<UserTicket> {
-        self.users.take(&user.to_owned()).then(|| UserTicket {
+        let user: Arc<str> = Arc::from(user);
+        self.users.take(&user).then(|| UserTicket {
             admission: self.clone(),
-            user: user.to_owned(),
+            user,
         })
     }
 

@@ -28,8 +28,10 @@ pub(super) struct Subscription {
     pub(super) frames: Arc<Frames>,
     pub(super) outbox: Outbox,
     pub(super) state: Arc<AppState>,
-    /// Who subscribed; resolvers authorize with it.
-    pub(super) viewer: Option<Viewer>,
+    /// Who subscribed; resolvers authorize with it. Shared with the
+    /// connection: a copy per subscription would cost every signed-in
+    /// subscriber its own heap strings.
+    pub(super) viewer: Option<Arc<Viewer>>,
     pub(super) address: IpAddr,
 }
 
@@ -55,7 +57,7 @@ impl Drop for Running {
 impl Subscription {
     pub(super) async fn run(self, request: Request) {
         let _running = Running::new(&self.state);
-        let shape = Box::pin(self.state.fanout.shape_of(&request, self.viewer.as_ref())).await;
+        let shape = Box::pin(self.state.fanout.shape_of(&request, self.viewer.as_deref())).await;
         let result = match shape {
             Some(shape) => {
                 drop(request);
@@ -65,7 +67,7 @@ impl Subscription {
             None => {
                 let request = request.data(self.address);
                 let request = match &self.viewer {
-                    Some(viewer) => request.data(viewer.clone()),
+                    Some(viewer) => request.data(Viewer::clone(viewer)),
                     None => request,
                 };
                 Box::pin(self.alone(request, None))

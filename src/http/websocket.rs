@@ -11,7 +11,6 @@
 //! their own cursors.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     ops::ControlFlow,
     pin::Pin,
@@ -87,7 +86,6 @@ async fn serve(
         frames: Arc::new(Frames { protocol }),
         outbox: outbox.clone(),
         state: state.clone(),
-        tasks: HashMap::new(),
         address,
         user_ticket: None,
         revocations: None,
@@ -130,7 +128,7 @@ async fn serve(
             break ending;
         }
     };
-    for (_, task) in driver.tasks.drain() {
+    for task in driver.protocol.take_all() {
         task.abort();
     }
     if let Some((code, reason)) = ending {
@@ -181,14 +179,13 @@ type Step = ControlFlow<Option<(u16, String)>>;
 /// The socket side of a connection: carries out what its protocol state
 /// asks, and holds what that takes.
 struct Driver {
-    /// What the client has set up: the protocol's state machine.
-    protocol: ProtocolState,
+    /// What the client has set up: the protocol's state machine, which
+    /// also holds the running subscriptions' tasks by id.
+    protocol: ProtocolState<JoinHandle<()>>,
     /// Shared with the subscription tasks.
     frames: Arc<Frames>,
     outbox: Outbox,
     state: Arc<AppState>,
-    /// The running subscriptions' tasks, by id.
-    tasks: HashMap<String, JoinHandle<()>>,
     /// The client's address (rate limits of anonymous mutations).
     address: IpAddr,
     /// Counts this connection against its user while it lives.
@@ -234,15 +231,7 @@ impl Driver {
         self.state.traffic.count();
         // The protocol state counts running subscriptions and refuses
         // duplicate ids: first tell it which have ended.
-        let protocol = &mut self.protocol;
-        self.tasks.retain(|id, task| {
-            let finished = task.is_finished();
-            if finished {
-                let outputs = protocol.on(Event::Finished(id));
-                debug_assert!(outputs.is_empty());
-            }
-            !finished
-        });
+        self.protocol.reap(JoinHandle::is_finished);
         self.on(Event::Message(text)).await
     }
 
@@ -281,12 +270,10 @@ impl Driver {
                             at.map(|at| Box::pin(tokio::time::sleep(auth::time_until(at))));
                     }
                     Output::Start { id, request } => self.start(id, *request),
-                    Output::Stop(id) => {
-                        if let Some(task) = self.tasks.remove(&id) {
-                            task.abort();
-                        }
+                    Output::Stop(task) => task.abort(),
+                    Output::EndAllWithError { errors, running } => {
+                        self.end_all(&errors, running).await
                     }
-                    Output::EndAllWithError(errors) => self.end_all(&errors).await,
                     Output::Close(code, reason) => return ControlFlow::Break(Some((code, reason))),
                 }
             }
@@ -306,12 +293,13 @@ impl Driver {
             viewer: self.protocol.viewer().cloned(),
             address: self.address,
         };
-        self.tasks.insert(id, tokio::spawn(run.run(request)));
+        let task = tokio::spawn(run.run(request));
+        self.protocol.started(id, task);
     }
 
     /// Ends every subscription; those still running get an `error` frame.
-    async fn end_all(&mut self, errors: &str) {
-        for (id, task) in self.tasks.drain() {
+    async fn end_all(&mut self, errors: &str, running: Vec<(String, JoinHandle<()>)>) {
+        for (id, task) in running {
             task.abort();
             if !task.is_finished() {
                 let _ = self

@@ -9,7 +9,7 @@
 //! it asks for with a command whose result comes back as an event, the way
 //! async-graphql injects `on_connection_init`.
 
-use std::collections::HashSet;
+use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::Request;
 use serde_json::Value;
@@ -41,8 +41,6 @@ pub(crate) enum Event<'a> {
     Revoked,
     /// Time for a keep-alive.
     KeepAlive,
-    /// Subscription `id` ended on its own.
-    Finished(&'a str),
     /// The answer to [`Output::Authenticate`].
     Authenticated(Result<Viewer, AuthError>),
     /// The answer to [`Output::Admit`]: whether the user may open one more
@@ -52,9 +50,10 @@ pub(crate) enum Event<'a> {
     ShuttingDown,
 }
 
-/// What the driver must do, in the order given.
+/// What the driver must do, in the order given. `H` is the driver's
+/// handle of a running operation (its task).
 #[derive(Debug)]
-pub(crate) enum Output {
+pub(crate) enum Output<H> {
     /// A text frame for the client.
     Send(String),
     /// A WebSocket ping frame (the keep-alive of graphql-transport-ws, and
@@ -69,13 +68,17 @@ pub(crate) enum Output {
     /// Replace the connection's deadline (until then: the init timeout)
     /// with the viewer's expiry in seconds since the epoch, or with none.
     ExpiresAt(Option<i64>),
-    /// Run an operation as the current viewer.
+    /// Run an operation as the current viewer, then hand its handle back
+    /// with [`ProtocolState::started`].
     Start { id: String, request: Box<Request> },
     /// Stop a running operation.
-    Stop(String),
+    Stop(H),
     /// Stop every operation; those still running get an `error` frame with
     /// these (serialized) errors.
-    EndAllWithError(String),
+    EndAllWithError {
+        errors: String,
+        running: Vec<(String, H)>,
+    },
     /// Close the connection; no events follow.
     Close(u16, String),
 }
@@ -84,7 +87,7 @@ pub(crate) enum Output {
 ///
 /// The driver answers [`Output::Authenticate`] and [`Output::Admit`] (always
 /// the last output of a step) before it feeds any other event.
-pub(crate) struct ProtocolState {
+pub(crate) struct ProtocolState<H> {
     frames: Frames,
     /// Operations one connection may run at once.
     max_subscriptions: usize,
@@ -94,9 +97,11 @@ pub(crate) struct ProtocolState {
     awaiting: Awaiting,
     /// Who signed in with `connection_init` (refreshed by a later `ping`);
     /// while awaiting admission, who is asking to.
-    viewer: Option<Viewer>,
-    /// Ids of the operations running: an id is unique among them.
-    running: HashSet<String>,
+    viewer: Option<Arc<Viewer>>,
+    /// The operations running, by id (unique among them), with the
+    /// driver's handles: one map for both, so an idle connection holds its
+    /// ids once.
+    running: HashMap<String, H>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +115,7 @@ enum Awaiting {
     Admission,
 }
 
-impl ProtocolState {
+impl<H> ProtocolState<H> {
     pub(crate) fn new(protocol: Protocol, max_subscriptions: usize) -> Self {
         ProtocolState {
             frames: Frames { protocol },
@@ -118,7 +123,7 @@ impl ProtocolState {
             initialized: false,
             awaiting: Awaiting::Nothing,
             viewer: None,
-            running: HashSet::new(),
+            running: HashMap::new(),
         }
     }
 
@@ -127,13 +132,28 @@ impl ProtocolState {
     }
 
     /// Who the connection's operations run as.
-    pub(crate) fn viewer(&self) -> Option<&Viewer> {
+    pub(crate) fn viewer(&self) -> Option<&Arc<Viewer>> {
         self.viewer.as_ref()
+    }
+
+    /// The driver started the operation of an [`Output::Start`].
+    pub(crate) fn started(&mut self, id: String, handle: H) {
+        self.running.insert(id, handle);
+    }
+
+    /// Forgets the operations that ended on their own.
+    pub(crate) fn reap(&mut self, finished: impl Fn(&H) -> bool) {
+        self.running.retain(|_, handle| !finished(handle));
+    }
+
+    /// Every running operation's handle (the connection is closing).
+    pub(crate) fn take_all(&mut self) -> Vec<H> {
+        self.running.drain().map(|(_, handle)| handle).collect()
     }
 
     /// Takes one event; the outputs are for the driver to carry out in
     /// order.
-    pub(crate) fn on(&mut self, event: Event<'_>) -> Vec<Output> {
+    pub(crate) fn on(&mut self, event: Event<'_>) -> Vec<Output<H>> {
         match event {
             Event::Message(text) => self.message(text),
             Event::NotUtf8 => closing(close::INVALID_MESSAGE, "invalid message: not UTF-8"),
@@ -148,17 +168,13 @@ impl ProtocolState {
                 Some(ka) if self.initialized => vec![Output::Send(ka.to_owned())],
                 _ => vec![Output::Ping],
             },
-            Event::Finished(id) => {
-                self.running.remove(id);
-                Vec::new()
-            }
             Event::Authenticated(result) => self.authenticated(result),
             Event::Admitted(granted) => self.admitted(granted),
             Event::ShuttingDown => closing(close::GOING_AWAY, "server shutting down"),
         }
     }
 
-    fn message(&mut self, text: &str) -> Vec<Output> {
+    fn message(&mut self, text: &str) -> Vec<Output<H>> {
         let message = match ClientMessage::parse(text, self.frames.protocol) {
             Ok(message) => message,
             Err(error) => return closing(close::INVALID_MESSAGE, error.to_string()),
@@ -196,14 +212,14 @@ impl ProtocolState {
             }
             ClientMessage::Subscribe { id, request } => self.subscribe(id, request),
             ClientMessage::Complete { id } => match self.running.remove(&id) {
-                true => vec![Output::Stop(id)],
-                false => Vec::new(),
+                Some(handle) => vec![Output::Stop(handle)],
+                None => Vec::new(),
             },
         }
     }
 
-    fn subscribe(&mut self, id: String, request: Box<Request>) -> Vec<Output> {
-        if self.running.contains(&id) {
+    fn subscribe(&mut self, id: String, request: Box<Request>) -> Vec<Output<H>> {
+        if self.running.contains_key(&id) {
             let reason = format!(
                 "Subscriber for {} already exists",
                 id.chars().take(64).collect::<String>()
@@ -222,11 +238,10 @@ impl ProtocolState {
                 self.frames.error(&quote(&id), &errors.to_string()),
             )];
         }
-        self.running.insert(id.clone());
         vec![Output::Start { id, request }]
     }
 
-    fn authenticated(&mut self, result: Result<Viewer, AuthError>) -> Vec<Output> {
+    fn authenticated(&mut self, result: Result<Viewer, AuthError>) -> Vec<Output<H>> {
         let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::Nothing);
         match (awaiting, result) {
             (Awaiting::InitToken | Awaiting::RefreshToken, Err(error)) => {
@@ -235,7 +250,7 @@ impl ProtocolState {
             (Awaiting::InitToken, Ok(viewer)) => {
                 self.awaiting = Awaiting::Admission;
                 let user = viewer.user_id.clone();
-                self.viewer = Some(viewer);
+                self.viewer = Some(Arc::new(viewer));
                 vec![Output::Admit(user)]
             }
             (Awaiting::RefreshToken, Ok(fresh)) => {
@@ -247,7 +262,7 @@ impl ProtocolState {
                 }
                 let expiry_moved = fresh.expires_at != current.expires_at;
                 let expires_at = fresh.expires_at;
-                self.viewer = Some(fresh);
+                self.viewer = Some(Arc::new(fresh));
                 // Never echo a token.
                 let mut outputs = vec![Output::Send(self.frames.pong(None))];
                 if expiry_moved {
@@ -263,7 +278,7 @@ impl ProtocolState {
         }
     }
 
-    fn admitted(&mut self, granted: bool) -> Vec<Output> {
+    fn admitted(&mut self, granted: bool) -> Vec<Output<H>> {
         if self.awaiting != Awaiting::Admission {
             return Vec::new();
         }
@@ -276,7 +291,7 @@ impl ProtocolState {
     }
 
     /// Completes `connection_init`.
-    fn acknowledge(&mut self) -> Vec<Output> {
+    fn acknowledge(&mut self) -> Vec<Output<H>> {
         self.initialized = true;
         vec![
             Output::Send(self.frames.ack()),
@@ -286,20 +301,23 @@ impl ProtocolState {
 
     /// Ends every running operation with an `UNAUTHENTICATED` error, then
     /// the connection with 4403.
-    fn unauthenticate(&mut self, reason: &str) -> Vec<Output> {
-        self.running.clear();
+    fn unauthenticate(&mut self, reason: &str) -> Vec<Output<H>> {
+        let running = self.running.drain().collect();
         let errors = serde_json::json!([{
             "message": reason,
             "extensions": {"code": ErrorCode::Unauthenticated.as_str()},
         }]);
         vec![
-            Output::EndAllWithError(errors.to_string()),
+            Output::EndAllWithError {
+                errors: errors.to_string(),
+                running,
+            },
             Output::Close(close::FORBIDDEN, format!("Forbidden: {reason}")),
         ]
     }
 }
 
-fn closing(code: u16, reason: impl Into<String>) -> Vec<Output> {
+fn closing<H>(code: u16, reason: impl Into<String>) -> Vec<Output<H>> {
     vec![Output::Close(code, reason.into())]
 }
 
@@ -319,8 +337,11 @@ mod tests {
     use super::*;
     use crate::auth::Role;
 
+    /// The tests' handle of an operation is its id.
+    type State = ProtocolState<String>;
+
     /// Outputs as short strings, so a test reads like the conversation.
-    fn said(outputs: Vec<Output>) -> Vec<String> {
+    fn said(outputs: Vec<Output<String>>) -> Vec<String> {
         outputs
             .into_iter()
             .map(|output| match output {
@@ -331,14 +352,21 @@ mod tests {
                 Output::ExpiresAt(at) => format!("expires {at:?}"),
                 Output::Start { id, request } => format!("start {id} {}", request.query),
                 Output::Stop(id) => format!("stop {id}"),
-                Output::EndAllWithError(errors) => format!("end all {errors}"),
+                Output::EndAllWithError { errors, .. } => format!("end all {errors}"),
                 Output::Close(code, reason) => format!("close {code} {reason}"),
             })
             .collect()
     }
 
-    fn send(state: &mut ProtocolState, message: Value) -> Vec<String> {
-        said(state.on(Event::Message(&message.to_string())))
+    /// Sends `message`; a started operation's handle is its id.
+    fn send(state: &mut State, message: Value) -> Vec<String> {
+        let outputs = state.on(Event::Message(&message.to_string()));
+        for output in &outputs {
+            if let Output::Start { id, .. } = output {
+                state.started(id.clone(), id.clone());
+            }
+        }
+        said(outputs)
     }
 
     fn viewer(user: &str, expires_at: i64) -> Viewer {
@@ -354,8 +382,8 @@ mod tests {
         json!({"type": "subscribe", "id": id, "payload": {"query": "subscription { a }"}})
     }
 
-    fn anonymous(protocol: Protocol) -> ProtocolState {
-        let mut state = ProtocolState::new(protocol, 2);
+    fn anonymous(protocol: Protocol) -> State {
+        let mut state = State::new(protocol, 2);
         assert_eq!(
             send(&mut state, json!({"type": "connection_init"})),
             [r#"send {"type":"connection_ack"}"#, "expires None"]
@@ -363,8 +391,8 @@ mod tests {
         state
     }
 
-    fn signed_in(user: &str) -> ProtocolState {
-        let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+    fn signed_in(user: &str) -> State {
+        let mut state = State::new(Protocol::TransportWs, 2);
         let init = json!({"type": "connection_init", "payload": {"authorization": "Bearer t"}});
         assert_eq!(send(&mut state, init), ["authenticate Bearer t"]);
         let answer = state.on(Event::Authenticated(Ok(viewer(user, 100))));
@@ -379,7 +407,7 @@ mod tests {
 
     #[test]
     fn subscribe_before_init_closes_with_4401() {
-        let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+        let mut state = State::new(Protocol::TransportWs, 2);
         assert_eq!(
             send(&mut state, subscribe("1")),
             ["close 4401 Unauthorized"]
@@ -408,7 +436,7 @@ mod tests {
         );
         let mut state = anonymous(Protocol::TransportWs);
         send(&mut state, subscribe("same"));
-        assert!(state.on(Event::Finished("same")).is_empty());
+        state.reap(|id| id == "same");
         assert_eq!(
             send(&mut state, subscribe("same")),
             ["start same subscription { a }"]
@@ -443,7 +471,7 @@ mod tests {
 
     #[test]
     fn init_with_a_token_is_authenticated_and_a_refusal_closes_with_4403() {
-        let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+        let mut state = State::new(Protocol::TransportWs, 2);
         let init = json!({"type": "connection_init", "payload": {"Authorization": "Bearer x"}});
         assert_eq!(send(&mut state, init), ["authenticate Bearer x"]);
         assert_eq!(
@@ -455,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_user_over_the_connection_cap_closes_with_4429() {
-        let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+        let mut state = State::new(Protocol::TransportWs, 2);
         let init = json!({"type": "connection_init", "payload": {"authorization": "Bearer t"}});
         send(&mut state, init);
         state.on(Event::Authenticated(Ok(viewer("ann", 100))));
@@ -470,7 +498,7 @@ mod tests {
     fn a_token_in_a_ping_without_a_signed_in_user_closes_with_4403() {
         let ping = json!({"type": "ping", "payload": {"authorization": "Bearer t"}});
         let refused = ["close 4403 Forbidden: sign in with the token in connection_init"];
-        let mut before_init = ProtocolState::new(Protocol::TransportWs, 2);
+        let mut before_init = State::new(Protocol::TransportWs, 2);
         assert_eq!(send(&mut before_init, ping.clone()), refused);
         let mut state = anonymous(Protocol::TransportWs);
         assert_eq!(send(&mut state, ping), refused);
@@ -532,7 +560,7 @@ mod tests {
 
     #[test]
     fn the_legacy_protocol_starts_stops_terminates_and_sends_ka() {
-        let mut state = ProtocolState::new(Protocol::Legacy, 2);
+        let mut state = State::new(Protocol::Legacy, 2);
         assert_eq!(said(state.on(Event::KeepAlive)), ["ping"]);
         let mut state = anonymous(Protocol::Legacy);
         assert_eq!(said(state.on(Event::KeepAlive)), [r#"send {"type":"ka"}"#]);
@@ -588,7 +616,7 @@ mod tests {
 
     #[test]
     fn timers_and_the_socket_close_with_their_codes() {
-        let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+        let mut state = State::new(Protocol::TransportWs, 2);
         assert_eq!(said(state.on(Event::KeepAlive)), ["ping"]);
         let cases = [
             (
@@ -608,7 +636,7 @@ mod tests {
             (Event::ShuttingDown, "close 1001 server shutting down"),
         ];
         for (event, closed) in cases {
-            let mut state = ProtocolState::new(Protocol::TransportWs, 2);
+            let mut state = State::new(Protocol::TransportWs, 2);
             assert_eq!(said(state.on(event)), [closed]);
         }
         assert_eq!(
