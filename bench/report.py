@@ -21,15 +21,26 @@ def kib(run):
     return f"{run['server_bytes_per_connection'] / 1024:.1f}"
 
 
+def cpu(run):
+    value = run.get("server_cpu_us_per_delivery")
+    return "—" if value is None else f"{value:.2f}"
+
+
+def row(name, run):
+    return (
+        f"| {name} | {run['deliveries']:,} / {run['deliveries_expected']:,} | {run['deliveries_per_second']:,.0f} "
+        f"| {cpu(run)} | {lat(run, 'p50')} | {lat(run, 'p99')} | {run['missing']} / {run['duplicates_or_out_of_order']} "
+        f"| {kib(run)} |"
+    )
+
+
 c = lambda n: rows[f"curve-{n}"]
 h, l1, l2, l3 = rows["hold-19000"], rows["latency-1000x1000"], rows["latency-100x1000"], rows["latency-1000x100"]
 w, wd, ch = rows["writes-8"], rows["writes-8-durable"], rows["churn-10000"]
 met = lambda ok: "yes" if ok else "**no**"
-curve_rows = "\n".join(
-    f"| {n:,} | {c(n)['deliveries']:,} / {c(n)['deliveries_expected']:,} | {c(n)['deliveries_per_second']:,.0f} "
-    f"| {lat(c(n), 'p50')} | {lat(c(n), 'p99')} | {c(n)['missing']} / {c(n)['duplicates_or_out_of_order']} | {kib(c(n))} |"
-    for n in [1000, 5000, 10000, 19000]
-)
+curve_rows = "\n".join(row(f"{n:,}", c(n)) for n in [1000, 5000, 10000, 19000])
+anon, signed = rows["fanout-10000-anonymous"], rows["fanout-10000-signed-in"]
+signed_rows = "\n".join([row("10,000 anonymous", anon), row("10,000 signed in (10,000 users)", signed)])
 template = (here / "BENCHMARKS.template.md").read_text()
 values = dict(
     hold_kib=kib(h), hold_ok=met(h["server_bytes_per_connection"] <= 8192 and h["failed_connections"] == 0),
@@ -44,6 +55,9 @@ values = dict(
     w_ok=met(w["commits_per_second"] >= 10000),
     ch_rate=f"{ch['connect_init_subscribe_per_second']:,.0f}", ch_ok=met(ch["connect_init_subscribe_per_second"] >= 5000),
     curve_rows=curve_rows,
+    signed_rows=signed_rows,
+    signed_ratio=f"{signed['deliveries_per_second'] / anon['deliveries_per_second']:.0%}",
+    signed_kib=kib(signed),
 )
 (here.parent / "BENCHMARKS.md").write_text(template.format(**values))
 print("wrote BENCHMARKS.md")

@@ -86,6 +86,11 @@ pub enum ProtocolError {
 
 impl ClientMessage {
     pub fn parse(text: &str, protocol: Protocol) -> Result<ClientMessage, ProtocolError> {
+        // A message is a JSON object; serde would also read a struct from
+        // an array, positionally (`["subscribe", "1", {…}]`).
+        if !text.trim_start().starts_with('{') {
+            return Err(ProtocolError::NotJson);
+        }
         let raw: RawMessage = serde_json::from_str(text).map_err(|_| ProtocolError::NotJson)?;
         let subscribe = match protocol {
             Protocol::TransportWs => "subscribe",
@@ -226,6 +231,11 @@ mod tests {
         assert_eq!(
             ClientMessage::parse("[1]", t).unwrap_err(),
             ProtocolError::NotJson
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"["subscribe","1",{"query":"{ a }"}]"#, t).unwrap_err(),
+            ProtocolError::NotJson,
+            "an array is not a message, however its items line up"
         );
         assert!(matches!(
             ClientMessage::parse(r#"{"type":"start","id":"1"}"#, t),

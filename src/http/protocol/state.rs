@@ -9,7 +9,7 @@
 //! it asks for with a command whose result comes back as an event, the way
 //! async-graphql injects `on_connection_init`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use async_graphql::Request;
 use serde_json::Value;
@@ -99,9 +99,11 @@ pub(crate) struct ProtocolState<H> {
     /// while awaiting admission, who is asking to.
     viewer: Option<Arc<Viewer>>,
     /// The operations running, by id (unique among them), with the
-    /// driver's handles: one map for both, so an idle connection holds its
-    /// ids once.
-    running: HashMap<String, H>,
+    /// driver's handles: one list for both, so a connection holds its ids
+    /// once. A list sized exactly, not a map: most connections run one
+    /// operation, and a map's smallest table is four slots (at most
+    /// `--max-subscriptions` are scanned).
+    running: Vec<(String, H)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +125,7 @@ impl<H> ProtocolState<H> {
             initialized: false,
             awaiting: Awaiting::Nothing,
             viewer: None,
-            running: HashMap::new(),
+            running: Vec::new(),
         }
     }
 
@@ -138,17 +140,18 @@ impl<H> ProtocolState<H> {
 
     /// The driver started the operation of an [`Output::Start`].
     pub(crate) fn started(&mut self, id: String, handle: H) {
-        self.running.insert(id, handle);
+        self.running.reserve_exact(1);
+        self.running.push((id, handle));
     }
 
     /// Forgets the operations that ended on their own.
     pub(crate) fn reap(&mut self, finished: impl Fn(&H) -> bool) {
-        self.running.retain(|_, handle| !finished(handle));
+        self.running.retain(|(_, handle)| !finished(handle));
     }
 
     /// Every running operation's handle (the connection is closing).
     pub(crate) fn take_all(&mut self) -> Vec<H> {
-        self.running.drain().map(|(_, handle)| handle).collect()
+        self.running.drain(..).map(|(_, handle)| handle).collect()
     }
 
     /// Takes one event; the outputs are for the driver to carry out in
@@ -211,15 +214,16 @@ impl<H> ProtocolState<H> {
                 closing(close::UNAUTHORIZED, "Unauthorized")
             }
             ClientMessage::Subscribe { id, request } => self.subscribe(id, request),
-            ClientMessage::Complete { id } => match self.running.remove(&id) {
-                Some(handle) => vec![Output::Stop(handle)],
+            ClientMessage::Complete { id } => match self.running.iter().position(|(i, _)| *i == id)
+            {
+                Some(at) => vec![Output::Stop(self.running.swap_remove(at).1)],
                 None => Vec::new(),
             },
         }
     }
 
     fn subscribe(&mut self, id: String, request: Box<Request>) -> Vec<Output<H>> {
-        if self.running.contains_key(&id) {
+        if self.running.iter().any(|(running, _)| *running == id) {
             let reason = format!(
                 "Subscriber for {} already exists",
                 id.chars().take(64).collect::<String>()
@@ -302,7 +306,7 @@ impl<H> ProtocolState<H> {
     /// Ends every running operation with an `UNAUTHENTICATED` error, then
     /// the connection with 4403.
     fn unauthenticate(&mut self, reason: &str) -> Vec<Output<H>> {
-        let running = self.running.drain().collect();
+        let running = std::mem::take(&mut self.running);
         let errors = serde_json::json!([{
             "message": reason,
             "extensions": {"code": ErrorCode::Unauthenticated.as_str()},
