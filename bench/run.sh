@@ -70,6 +70,8 @@ if [ "$what" = all ]; then
   start_server
   echo "== writes, durable" >&2
   taskset -c 1 "$LOADGEN" writes --writers 8 --commits-per-writer 2000 --durable | sed 's/^{/{"label":"writes-8-durable",/' | tee -a "$OUT"
+fi
+if [ "$what" = all ] || [ "$what" = churn ]; then
   start_server
   echo "== churn" >&2
   taskset -c 1 "$LOADGEN" churn --connections 10000 --processes 2 --sources 8 --concurrency 128 | sed 's/^{/{"label":"churn-10000",/' | tee -a "$OUT"

@@ -26,7 +26,7 @@ use crate::{
     domains::Limits,
     fanout::{Fanout, GroupBuffer},
     graphql::{build_schema, sharing_rules, Services},
-    http::{router, serve, Admission, AppState, ConnectionLimits},
+    http::{router, serve, Admission, AppState, ConnectionLimits, Operations},
     hub::Hub,
     request_guard::QueryLimits,
     services::{presence, Countdowns, RateLimiter, Revocations, Traffic},
@@ -208,7 +208,6 @@ impl App {
             shutdown: stop_rx,
             sockets_done: done_tx,
             sockets: Arc::new(AtomicUsize::new(0)),
-            subscriptions: Arc::new(AtomicUsize::new(0)),
             max_message_bytes: self.config.max_message_bytes,
             max_body_bytes: self.config.max_body_bytes,
             http_read_timeout: self.config.http_read_timeout,
@@ -228,7 +227,11 @@ impl App {
                     .into_iter()
                     .chain(self.config.allowed_origins.iter().cloned()),
             )),
-            fanout,
+            operations: Arc::new(Operations {
+                fanout,
+                hub: self.hub.clone(),
+                running: AtomicUsize::new(0),
+            }),
             countdowns,
         };
         let admission = state.admission.clone();

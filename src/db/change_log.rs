@@ -1,7 +1,11 @@
 //! `ChangeLog`: reads of `tidewire.changes` in commit order, and the tracked
 //! tables they come from.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -125,11 +129,23 @@ pub struct PageLimit {
 #[derive(Clone)]
 pub struct ChangeLog {
     pool: Pool,
+    /// Recent answers of [`ChangeLog::tracked_table`]: every subscription
+    /// start asks, and tracking changes rarely.
+    tracked: Arc<Mutex<HashMap<String, (Instant, Vec<TrackedTable>)>>>,
 }
+
+/// How long a tracked table's description is reused: `tidewire.track`
+/// and `untrack` take effect for new subscriptions within this time.
+const TRACKED_FOR: Duration = Duration::from_secs(1);
+/// Names remembered at most (client-chosen, so bounded).
+const TRACKED_NAMES: usize = 1024;
 
 impl ChangeLog {
     pub fn new(pool: Pool) -> Self {
-        ChangeLog { pool }
+        ChangeLog {
+            pool,
+            tracked: Arc::default(),
+        }
     }
 
     /// Changes after `after` in commit order, of one topic or of all.
@@ -187,6 +203,30 @@ impl ChangeLog {
     /// (`schema.table`), or else every tracked table with that bare name.
     /// None: not tracked; more than one: ambiguous.
     pub async fn tracked_table(&self, name: &str) -> Result<Vec<TrackedTable>, DbError> {
+        let remembered = self
+            .tracked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .filter(|(at, _)| at.elapsed() < TRACKED_FOR)
+            .map(|(_, tables)| tables.clone());
+        if let Some(tables) = remembered {
+            return Ok(tables);
+        }
+        let tables = self.look_up_tracked(name).await?;
+        // Only what exists is remembered: a table tracked just now is
+        // found at once.
+        if !tables.is_empty() {
+            let mut tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
+            if tracked.len() >= TRACKED_NAMES {
+                tracked.clear();
+            }
+            tracked.insert(name.to_owned(), (Instant::now(), tables.clone()));
+        }
+        Ok(tables)
+    }
+
+    async fn look_up_tracked(&self, name: &str) -> Result<Vec<TrackedTable>, DbError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(

@@ -100,25 +100,25 @@ pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         "tidewire_subscriptions",
         "Subscriptions running over all WebSocket connections.",
         "gauge",
-        state.subscriptions.load(Ordering::Relaxed) as u64,
+        state.operations.running.load(Ordering::Relaxed) as u64,
     );
     gauge(
         "tidewire_subscription_executions_total",
         "Subscription executions started; identical subscriptions share one.",
         "counter",
-        state.fanout.executions(),
+        state.operations.fanout.executions(),
     );
     gauge(
         "tidewire_shared_executions",
         "Shared executions running now (distinct subscription shapes).",
         "gauge",
-        state.fanout.group_count() as u64,
+        state.operations.fanout.group_count() as u64,
     );
     gauge(
         "tidewire_shared_buffered_bytes",
         "Bytes of shared results buffered for members that have not read them.",
         "gauge",
-        state.fanout.buffered_bytes() as u64,
+        state.operations.fanout.buffered_bytes() as u64,
     );
     gauge(
         "tidewire_countdowns_running",

@@ -34,12 +34,12 @@ use tokio::sync::{mpsc, watch};
 pub use admission::{normalize_origin, Admission};
 use connections::WireMeter;
 pub use connections::{serve, ConnectionLimits};
+pub use subscription::Operations;
 
 use crate::{
     auth::{AuthError, Verifier},
     db::ListenerStatus,
     error::{with_codes, ErrorCode},
-    fanout::Fanout,
     graphql::TidewireSchema,
     hub::Hub,
     services::{is_revoked, Countdowns, Revocations, SessionCheckError, Traffic},
@@ -58,8 +58,6 @@ pub struct AppState {
     /// Every WebSocket task holds a clone; shutdown waits until all dropped.
     pub sockets_done: mpsc::Sender<()>,
     pub sockets: Arc<AtomicUsize>,
-    /// Subscriptions running over all connections (a metric).
-    pub subscriptions: Arc<AtomicUsize>,
     pub max_message_bytes: usize,
     /// Largest `POST /graphql` body.
     pub max_body_bytes: usize,
@@ -77,8 +75,9 @@ pub struct AppState {
     /// A connection that sends no `connection_init` this soon is closed
     /// with 4408.
     pub init_timeout: Duration,
-    /// Shared executions of identical subscriptions.
-    pub fanout: Arc<Fanout>,
+    /// What each subscription runs with (fan-out, hub, the running count):
+    /// the operation tasks hold this, not the whole state.
+    pub operations: Arc<Operations>,
     /// Running countdowns (a metric).
     pub countdowns: Arc<Countdowns>,
     /// Subscriptions one connection may run at once.

@@ -3,7 +3,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use async_graphql::Request;
@@ -12,22 +15,30 @@ use futures_util::StreamExt;
 use super::{
     outbox::{Closed, Outbox},
     protocol::Frames,
-    AppState,
 };
 use crate::{
     auth::Viewer,
     db::Cursor,
     error::with_codes,
-    fanout::{failed_to_start, serialize, serialize_errors, Member},
-    hub::RingRecvError,
+    fanout::{failed_to_start, serialize, serialize_errors, Fanout, Member},
+    hub::{Hub, RingRecvError},
 };
+
+/// What every operation of the server runs with: the fan-out and the hub,
+/// and the count of running operations (a metric). One per server, shared.
+pub struct Operations {
+    pub fanout: Arc<Fanout>,
+    pub hub: Arc<Hub>,
+    /// Operations running over all connections.
+    pub running: AtomicUsize,
+}
 
 /// One operation started by `subscribe`.
 pub(super) struct Subscription {
     pub(super) quoted_id: String,
     pub(super) frames: Arc<Frames>,
     pub(super) outbox: Outbox,
-    pub(super) state: Arc<AppState>,
+    pub(super) operations: Arc<Operations>,
     /// Who subscribed; resolvers authorize with it. Shared with the
     /// connection: a copy per subscription would cost every signed-in
     /// subscriber its own heap strings.
@@ -36,18 +47,18 @@ pub(super) struct Subscription {
 }
 
 /// Counts a running subscription for as long as it lives (even aborted).
-struct Running(Arc<AppState>);
+struct Running(Arc<Operations>);
 
 impl Running {
-    fn new(state: &Arc<AppState>) -> Running {
-        state.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Running(state.clone())
+    fn new(operations: &Arc<Operations>) -> Running {
+        operations.running.fetch_add(1, Ordering::Relaxed);
+        Running(operations.clone())
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -56,12 +67,17 @@ impl Drop for Running {
 // is what decides how many one process holds.
 impl Subscription {
     pub(super) async fn run(self, request: Request) {
-        let _running = Running::new(&self.state);
-        let shape = Box::pin(self.state.fanout.shape_of(&request, self.viewer.as_deref())).await;
+        let _running = Running::new(&self.operations);
+        let shape = Box::pin(
+            self.operations
+                .fanout
+                .shape_of(&request, self.viewer.as_deref()),
+        )
+        .await;
         let result = match shape {
             Some(shape) => {
                 drop(request);
-                let member = self.state.fanout.join(shape);
+                let member = self.operations.fanout.join(shape);
                 self.shared(member).await
             }
             None => {
@@ -91,9 +107,9 @@ impl Subscription {
         request: Request,
         mut member: Option<(&mut Member, &mut Cursor)>,
     ) -> Result<AloneEnd, Closed> {
-        self.state.fanout.count_execution();
+        self.operations.fanout.count_execution();
         let mut stream = self
-            .state
+            .operations
             .fanout
             .schema()
             .execute_stream(request)
@@ -160,7 +176,7 @@ impl Subscription {
                 Err(RingRecvError::Lagged(_)) => {
                     // Too slow for the group: catch up alone from the log,
                     // then rejoin.
-                    self.state.hub.count_catchup();
+                    self.operations.hub.count_catchup();
                     let request = member.shape().resume(last);
                     let end = Box::pin(self.alone(request, Some((&mut member, &mut last)))).await?;
                     if !end.rejoined {

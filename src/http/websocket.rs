@@ -289,7 +289,7 @@ impl Driver {
             quoted_id: quote(&id),
             frames: self.frames.clone(),
             outbox: self.outbox.clone(),
-            state: self.state.clone(),
+            operations: self.state.operations.clone(),
             viewer: self.protocol.viewer().cloned(),
             address: self.address,
         };
