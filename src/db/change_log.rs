@@ -131,8 +131,11 @@ pub struct ChangeLog {
     pool: Pool,
     /// Recent answers of [`ChangeLog::tracked_table`]: every subscription
     /// start asks, and tracking changes rarely.
-    tracked: Arc<Mutex<HashMap<String, (Instant, Vec<TrackedTable>)>>>,
+    tracked: Arc<Mutex<Remembered>>,
 }
+
+/// Tracked-table answers by the name asked, with when they were read.
+type Remembered = HashMap<String, (Instant, Vec<TrackedTable>)>;
 
 /// How long a tracked table's description is reused: `tidewire.track`
 /// and `untrack` take effect for new subscriptions within this time.
