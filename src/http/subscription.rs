@@ -67,13 +67,15 @@ impl Drop for Running {
 // is what decides how many one process holds.
 impl Subscription {
     pub(super) async fn run(self, request: Request) {
-        let _running = Running::new(&self.operations);
         let shape = Box::pin(
             self.operations
                 .fanout
                 .shape_of(&request, self.viewer.as_deref()),
         )
         .await;
+        // Counted from here: a shared one joins its group right away, so the
+        // count tells which subscriptions will see the next commit.
+        let _running = Running::new(&self.operations);
         let result = match shape {
             Some(shape) => {
                 drop(request);
