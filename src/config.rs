@@ -71,6 +71,13 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_TOPIC_BUFFER", default_value_t = 1024)]
     pub topic_buffer: usize,
 
+    /// Bytes of changes buffered per hub topic (what its slowest subscriber
+    /// has not read yet); past it, that subscriber reads the log instead.
+    /// Bounds the memory a stalled subscriber can pin, however large rows
+    /// are.
+    #[arg(long, env = "TIDEWIRE_TOPIC_BUFFER_BYTES", default_value_t = 16 << 20)]
+    pub topic_buffer_bytes: usize,
+
     /// Rows read from the change log per query (listener and catch-up).
     #[arg(long, env = "TIDEWIRE_LOG_PAGE", default_value_t = 500)]
     pub log_page: i64,

@@ -1,4 +1,4 @@
-//! Client-facing error codes (DESIGN.md's API contract) and the one place
+//! Client-facing error codes (the README lists them) and the one place
 //! that turns internal failures into a generic message.
 
 use async_graphql::ErrorExtensions;

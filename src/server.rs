@@ -95,6 +95,7 @@ impl App {
         // subscription starts and pruning.
         let hub = Hub::new(
             config.topic_buffer,
+            config.topic_buffer_bytes,
             log.head().await?,
             (config.pool_size / 2).max(1),
         );

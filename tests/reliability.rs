@@ -1,4 +1,4 @@
-//! Invariants 1–7 of DESIGN.md: no loss, no duplicates, commit order,
+//! Invariants 1–7 of ARCHITECTURE.md: no loss, no duplicates, commit order,
 //! resume, retention, slow consumers, large rows, cleanup.
 
 mod common;
@@ -460,4 +460,65 @@ async fn cursors_survive_a_graceful_restart_under_write_load() {
     received.extend(rest);
     assert_eq!(received, (1..=ROWS).collect::<Vec<_>>());
     client.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_pins_at_most_the_topic_byte_budget() {
+    const BUDGET: usize = 3 << 20;
+    let server = TestServer::start_with(|config| {
+        config.topic_buffer_bytes = BUDGET;
+        config.max_queued_bytes = 256 * 1024;
+    })
+    .await;
+    server
+        .sql("CREATE TABLE blobs (id bigint PRIMARY KEY, body text); SELECT tidewire.track('blobs', public => true);")
+        .await;
+    server.sql("INSERT INTO blobs VALUES (0, 'start')").await;
+    // With `after`, a subscription runs alone on its own hub registration.
+    let mut fast = server.ws().await;
+    fast.subscribe("f", CHANGES, json!({"table": "blobs"}))
+        .await;
+    let mut probe = server.ws().await;
+    probe
+        .subscribe("p", CHANGES, json!({"table": "blobs"}))
+        .await;
+    wait_for_shared_subscribers(&server, 2, 1).await;
+    let cursor = {
+        server.sql("INSERT INTO blobs VALUES (1, 'probe')").await;
+        let item = probe.next_item("p", "changes").await;
+        assert_eq!(fast.next_item("f", "changes").await["row"]["id"], 1);
+        item["cursor"].as_str().unwrap().to_owned()
+    };
+    let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
+    stalled
+        .subscribe("s", CHANGES, json!({"table": "blobs", "after": cursor}))
+        .await;
+    wait_for_shared_subscribers(&server, 3, 2).await;
+
+    // 1 MiB rows: a topic buffer of 1,024 changes would hold all of them.
+    let db = server.db().await;
+    let mut most = 0.0f64;
+    for id in 2..=25i64 {
+        db.execute(
+            "INSERT INTO blobs VALUES ($1, repeat('y', 1 << 20))",
+            &[&id],
+        )
+        .await
+        .unwrap();
+        assert_eq!(fast.next_item("f", "changes").await["row"]["id"], id);
+        most = most.max(server.metric("tidewire_hub_buffered_bytes").await);
+    }
+    println!("most buffered in the hub for the stalled subscriber: {most} bytes");
+    assert!(
+        most <= (BUDGET + (1 << 20) + 64 * 1024) as f64,
+        "a stalled subscriber pinned {most} bytes of hub buffer, over the {BUDGET} budget"
+    );
+    assert!(
+        most >= (1 << 20) as f64,
+        "the hub held changes for the stalled subscriber"
+    );
+    // It still gets everything, from the log, in order.
+    for id in 2..=25 {
+        assert_eq!(stalled.next_item("s", "changes").await["row"]["id"], id);
+    }
 }

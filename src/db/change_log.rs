@@ -48,6 +48,29 @@ pub struct Change {
     pub committed_at: DateTime<Utc>,
 }
 
+impl Change {
+    /// About how much memory the change holds: what buffering it costs.
+    pub fn approximate_bytes(&self) -> usize {
+        let rows = [&self.row, &self.old_row].into_iter().flatten();
+        std::mem::size_of::<Change>() + self.table.len() + rows.map(json_bytes).sum::<usize>()
+    }
+}
+
+/// About how much memory a decoded JSON value holds (rows come from
+/// Postgres's jsonb, at most 128 levels deep once decoded).
+fn json_bytes(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    NODE + match value {
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(json_bytes).sum(),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| k.len() + NODE + json_bytes(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// A table whose changes are captured (see `tidewire.track`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackedTable {

@@ -115,6 +115,12 @@ pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         state.operations.fanout.group_count() as u64,
     );
     gauge(
+        "tidewire_hub_buffered_bytes",
+        "Bytes of changes buffered in hub topics for subscribers that have not read them.",
+        "gauge",
+        state.hub.buffered_bytes() as u64,
+    );
+    gauge(
         "tidewire_shared_buffered_bytes",
         "Bytes of shared results buffered for members that have not read them.",
         "gauge",

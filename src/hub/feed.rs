@@ -9,9 +9,8 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::{stream, Stream};
-use tokio::sync::broadcast::error::RecvError;
 
-use super::Subscription;
+use super::{RingRecvError, Subscription};
 use crate::db::{Change, ChangeLog, Cursor, PageLimit};
 
 /// Longest pause between retries of a failed log read.
@@ -135,12 +134,12 @@ impl Feed {
                     self.last = change.cursor;
                     return Some(Ok(change));
                 }
-                Err(RecvError::Lagged(missed)) => {
+                Err(RingRecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "subscriber fell behind, reading the log");
                     self.subscription.hub().count_catchup();
                     self.catching_up = true;
                 }
-                Err(RecvError::Closed) => {
+                Err(RingRecvError::Closed) => {
                     // The hub was reset (its listener fell past retention):
                     // join again and let the log say what is still there.
                     self.subscription.renew();

@@ -19,8 +19,6 @@ use std::{
     },
 };
 
-use tokio::sync::broadcast;
-
 pub use catchup::{CatchupQueue, Turn};
 pub use feed::{CursorExpired, Feed, ResumeAfter};
 pub use filter::{FilterError, RowFilter};
@@ -32,8 +30,9 @@ use crate::db::{Change, Cursor};
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<HubState>,
-    /// Buffer of each topic's broadcast channel.
+    /// Bounds of each topic's buffer: changes, and their bytes.
     capacity: usize,
+    capacity_bytes: usize,
     /// Times a feed fell behind and switched to the log (a metric).
     catchups: AtomicU64,
     /// Turns for feeds' log reads.
@@ -42,15 +41,22 @@ pub struct Hub {
 
 #[derive(Debug, Default)]
 struct HubState {
-    topics: HashMap<Arc<str>, broadcast::Sender<Arc<Change>>>,
+    topics: HashMap<Arc<str>, Arc<Ring<Change>>>,
     /// Cursor of the newest published change. A new subscription starts
     /// after it, under the same lock, so it neither misses nor repeats one.
     published: Cursor,
 }
 
 impl Hub {
+    /// Each topic buffers at most `capacity` changes of at most
+    /// `capacity_bytes` together for its slowest subscriber;
     /// `catchup_slots`: log reads catching-up feeds may run at once.
-    pub fn new(capacity: usize, published: Cursor, catchup_slots: usize) -> Arc<Self> {
+    pub fn new(
+        capacity: usize,
+        capacity_bytes: usize,
+        published: Cursor,
+        catchup_slots: usize,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             catchup_queue: CatchupQueue::new(catchup_slots),
             state: Mutex::new(HubState {
@@ -58,6 +64,7 @@ impl Hub {
                 ..HubState::default()
             }),
             capacity: capacity.max(1),
+            capacity_bytes: capacity_bytes.max(1),
             catchups: AtomicU64::new(0),
         })
     }
@@ -66,8 +73,9 @@ impl Hub {
     pub fn publish(&self, change: Arc<Change>) {
         let mut state = self.lock();
         state.published = state.published.max(change.cursor);
-        if let Some(sender) = state.topics.get(&change.topic) {
-            if sender.send(change.clone()).is_err() {
+        if let Some(ring) = state.topics.get(&change.topic) {
+            let bytes = change.approximate_bytes();
+            if !ring.send(change.clone(), bytes) {
                 // No receiver left (a subscription dropped without cleanup
                 // racing us): forget the topic.
                 state.topics.remove(&change.topic);
@@ -81,10 +89,11 @@ impl Hub {
         let mut state = self.lock();
         let start = state.published;
         let receiver = match state.topics.get(topic) {
-            Some(sender) => sender.subscribe(),
+            Some(ring) => ring.subscribe(),
             None => {
-                let (sender, receiver) = broadcast::channel(self.capacity);
-                state.topics.insert(Arc::from(topic), sender);
+                let ring = Ring::new(self.capacity, self.capacity_bytes);
+                let receiver = ring.subscribe();
+                state.topics.insert(Arc::from(topic), ring);
                 receiver
             }
         };
@@ -101,6 +110,9 @@ impl Hub {
     /// finds the log pruned past what it had published.
     pub fn reset(&self, published: Cursor) {
         let mut state = self.lock();
+        for ring in state.topics.values() {
+            ring.close();
+        }
         state.topics.clear();
         state.published = published;
     }
@@ -133,7 +145,16 @@ impl Hub {
         self.lock()
             .topics
             .values()
-            .map(broadcast::Sender::receiver_count)
+            .map(|ring| ring.receiver_count())
+            .sum()
+    }
+
+    /// Bytes of changes buffered for subscribers that have not read them.
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock()
+            .topics
+            .values()
+            .map(|ring| ring.buffered_bytes())
             .sum()
     }
 
@@ -162,7 +183,7 @@ impl crate::db::ChangeSink for Hub {
 pub struct Subscription {
     hub: Arc<Hub>,
     topic: Arc<str>,
-    receiver: Option<broadcast::Receiver<Arc<Change>>>,
+    receiver: Option<RingReceiver<Change>>,
     /// Changes at or before this cursor were published before we joined.
     pub start: Cursor,
 }
@@ -182,10 +203,10 @@ impl Subscription {
         drop(std::mem::replace(self, fresh));
     }
 
-    pub async fn recv(&mut self) -> Result<Arc<Change>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Change>, RingRecvError> {
         match self.receiver.as_mut() {
             Some(receiver) => receiver.recv().await,
-            None => Err(broadcast::error::RecvError::Closed),
+            None => Err(RingRecvError::Closed),
         }
     }
 }
@@ -197,7 +218,7 @@ impl Drop for Subscription {
         if state
             .topics
             .get(&self.topic)
-            .is_some_and(|sender| sender.receiver_count() == 0)
+            .is_some_and(|ring| ring.receiver_count() == 0)
         {
             state.topics.remove(&self.topic);
         }
@@ -223,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_only_the_subscribed_topic() {
-        let hub = Hub::new(8, Cursor::default(), 1);
+        let hub = Hub::new(8, usize::MAX, Cursor::default(), 1);
         let mut a = hub.subscribe("a");
         hub.publish(change("b", 1));
         hub.publish(change("a", 2));
@@ -232,7 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn removes_a_topic_when_its_last_subscriber_leaves() {
-        let hub = Hub::new(8, Cursor::default(), 1);
+        let hub = Hub::new(8, usize::MAX, Cursor::default(), 1);
         let a1 = hub.subscribe("a");
         let a2 = hub.subscribe("a");
         assert_eq!((hub.topic_count(), hub.subscriber_count()), (1, 2));
@@ -244,7 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_subscription_starts_after_the_last_published_change() {
-        let hub = Hub::new(8, Cursor::default(), 1);
+        let hub = Hub::new(8, usize::MAX, Cursor::default(), 1);
         hub.publish(change("a", 5));
         let sub = hub.subscribe("a");
         assert_eq!(sub.start, Cursor::new(5, 5));
@@ -252,15 +273,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_buffer_lags_the_subscriber_instead_of_blocking() {
-        let hub = Hub::new(2, Cursor::default(), 1);
+        let hub = Hub::new(2, usize::MAX, Cursor::default(), 1);
         let mut sub = hub.subscribe("a");
         for position in 1..=5 {
             hub.publish(change("a", position));
         }
-        assert!(matches!(
-            sub.recv().await,
-            Err(broadcast::error::RecvError::Lagged(3))
-        ));
+        assert!(matches!(sub.recv().await, Err(RingRecvError::Lagged(3))));
         assert_eq!(sub.recv().await.unwrap().cursor.position, 4);
     }
 }
