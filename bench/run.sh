@@ -4,6 +4,7 @@
 #   bench/run.sh            all scenarios (about 5 minutes)
 #   bench/run.sh curves     only the subscriber curve
 #   bench/run.sh signed-in  10,000 anonymous vs 10,000 signed-in subscribers
+#   bench/run.sh hold|churn one scenario
 # Needs: cargo build --release; PostgreSQL binaries (initdb, pg_ctl);
 # taskset (util-linux). The server runs on core 0; its Postgres and the
 # load generator's clients on core 1, so server CPU per delivery is its own.
@@ -63,13 +64,15 @@ if [ "$what" = all ]; then
   run latency-1000x1000 fanout --subscribers 1000 --rate 1000 --seconds 10 --writers 2 --processes 2 --sources 8
   run latency-100x1000 fanout --subscribers 100 --rate 1000 --seconds 10 --writers 2 --processes 1 --sources 2
   run latency-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8
-  run hold-19000 fanout --subscribers 19000 --rate 1 --seconds 3 --processes 2 --sources 8
   start_server
   echo "== writes" >&2
   taskset -c 1 "$LOADGEN" writes --writers 8 --commits-per-writer 5000 | sed 's/^{/{"label":"writes-8",/' | tee -a "$OUT"
   start_server
   echo "== writes, durable" >&2
   taskset -c 1 "$LOADGEN" writes --writers 8 --commits-per-writer 2000 --durable | sed 's/^{/{"label":"writes-8-durable",/' | tee -a "$OUT"
+fi
+if [ "$what" = all ] || [ "$what" = hold ]; then
+  run hold-19000 fanout --subscribers 19000 --rate 1 --seconds 3 --processes 2 --sources 8
 fi
 if [ "$what" = all ] || [ "$what" = churn ]; then
   start_server
