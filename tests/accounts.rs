@@ -557,7 +557,7 @@ async fn a_session_check_that_fails_refuses_the_token() {
         .unwrap();
     let (status, body) = server.post_as(&token, "{ me { id } }").await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(code(&body), "INTERNAL", "{body}");
+    assert_eq!(code(&body), "UNAVAILABLE", "{body}");
     let mut client = GqlClient::init_with(
         server.addr,
         json!({"authorization": format!("Bearer {token}")}),

@@ -416,6 +416,15 @@ async fn tokens_of_another_issuer_verify_with_its_rs256_public_key() {
             json!({}),
         )
         .await;
-    assert!(response["errors"].is_array(), "{response}");
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{response}"
+    );
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not issue tokens")),
+        "{response}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

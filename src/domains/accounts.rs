@@ -61,6 +61,7 @@ impl AccountsMutation {
         email: String,
         password: String,
     ) -> Result<AuthPayload> {
+        issuer(ctx)?;
         let email = email_input(&email)?;
         credential_attempt(ctx, &email)?;
         if password.chars().count() < 8 {
@@ -69,7 +70,7 @@ impl AccountsMutation {
             );
         }
         let hash = hash_password(password).await.map_err(password_error)?;
-        let client = pool(ctx).get().await.map_err(internal)?;
+        let client = pool(ctx).get().await.map_err(database)?;
         let row = client
             .query_opt(
                 "INSERT INTO tidewire.users (email, password_hash) VALUES ($1, $2)
@@ -77,7 +78,7 @@ impl AccountsMutation {
                 &[&email, &hash],
             )
             .await
-            .map_err(internal)?
+            .map_err(database)?
             .ok_or_else(|| ErrorCode::BadUserInput.error("an account with this email exists"))?;
         open_session(ctx, &client, row.get(0), email, Role::User).await
     }
@@ -90,20 +91,22 @@ impl AccountsMutation {
         email: String,
         password: String,
     ) -> Result<AuthPayload> {
+        // Said before any password work: no account can sign in here.
+        issuer(ctx)?;
         let email = email_input(&email)?;
         credential_attempt(ctx, &email)?;
         // An unknown email and a wrong password take the same work and get
         // the same answer.
         let wrong = || ErrorCode::Unauthenticated.error("wrong email or password");
         let row = {
-            let client = pool(ctx).get().await.map_err(internal)?;
+            let client = pool(ctx).get().await.map_err(database)?;
             client
                 .query_opt(
                     "SELECT id::text, email, password_hash, role FROM tidewire.users WHERE email = $1",
                     &[&email],
                 )
                 .await
-                .map_err(internal)?
+                .map_err(database)?
             // The connection goes back to the pool before the slow hash.
         };
         let Some(row) = row else {
@@ -122,7 +125,7 @@ impl AccountsMutation {
         // The column's CHECK allows only these two; anything else gets the
         // lesser role.
         let role = Role::parse(row.get::<_, &str>(3)).unwrap_or(Role::User);
-        let client = pool(ctx).get().await.map_err(internal)?;
+        let client = pool(ctx).get().await.map_err(database)?;
         open_session(ctx, &client, row.get(0), row.get(1), role).await
     }
 
@@ -238,9 +241,7 @@ async fn open_session(
     email: String,
     role: Role,
 ) -> Result<AuthPayload> {
-    let issuer = ctx.data_opt::<Issuer>().ok_or_else(|| {
-        ErrorCode::BadUserInput.error("this server does not issue tokens (no JWT secret)")
-    })?;
+    let issuer = issuer(ctx)?;
     let expires_at = now() + issuer.ttl;
     let row = client
         .query_one(
@@ -249,7 +250,7 @@ async fn open_session(
             &[&user_id, &(expires_at as f64)],
         )
         .await
-        .map_err(internal)?;
+        .map_err(database)?;
     let sid: String = row.get(0);
     Ok(AuthPayload {
         token: issuer
@@ -288,6 +289,15 @@ async fn revoke(
     .map_err(database)?;
     tx.commit().await.map_err(database)?;
     Ok(revoked)
+}
+
+/// The token issuer; a server with only an external issuer's key has none.
+fn issuer<'a>(ctx: &Context<'a>) -> Result<&'a Issuer> {
+    ctx.data_opt::<Issuer>().ok_or_else(|| {
+        ErrorCode::BadUserInput.error(
+            "this server does not issue tokens (it verifies another issuer's): sign in there",
+        )
+    })
 }
 
 #[cfg(test)]

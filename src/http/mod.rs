@@ -139,7 +139,7 @@ async fn graphql_post(
                     tracing::error!(%error, "refusing a token whose session cannot be checked");
                     return client_error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorCode::Internal,
+                        ErrorCode::Unavailable,
                         "the session cannot be checked right now; try again shortly",
                     );
                 }
