@@ -169,7 +169,8 @@ pub struct Config {
     /// A WebSocket message a client has started must be complete within
     /// this time, and within --max-message-bytes plus 16 KiB on the wire
     /// (frame headers included); otherwise the connection is closed with
-    /// 1008.
+    /// 1008. Also the longest one write to a client may take: a client that
+    /// stops reading for longer loses the connection.
     #[arg(long, env = "TIDEWIRE_WS_MESSAGE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub ws_message_timeout: Duration,
 

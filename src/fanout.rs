@@ -42,7 +42,7 @@ use crate::{
     db::Cursor,
     error::{internal, with_codes},
     graphql::TidewireSchema,
-    hub::{Hub, ResumeAfter, Ring, RingReceiver, RingRecvError},
+    hub::{CatchupLane, Hub, ResumeAfter, Ring, RingReceiver, RingRecvError},
     request_guard::QueryLimits,
     sharing::{ShareQuery, SharingRules, Visibility},
 };
@@ -72,9 +72,11 @@ impl Shape {
         }
     }
 
-    /// A request that continues this shape alone after `cursor`.
-    pub fn resume(&self, after: Cursor) -> Request {
-        self.request().data(ResumeAfter(after))
+    /// A request that continues this shape alone after `cursor`, its log
+    /// reads taking the turns of `client` (the member's user or address,
+    /// not the class it shares).
+    pub fn resume(&self, after: Cursor, client: CatchupLane) -> Request {
+        self.request().data(ResumeAfter(after)).data(client)
     }
 
     /// The cursor of a result: the root field's `cursor`, which a shared
@@ -252,7 +254,8 @@ impl Fanout {
         let field = &field.node;
         let selects_cursor = field.selection_set.node.items.iter().any(|item| {
             matches!(&item.node, Selection::Field(f)
-                if f.node.name.node == "cursor" && f.node.alias.is_none())
+                if f.node.name.node == "cursor" && f.node.alias.is_none()
+                    && f.node.directives.is_empty())
         });
         if !field.directives.is_empty() || !selects_cursor {
             return None;
@@ -265,9 +268,9 @@ impl Fanout {
             let value = value
                 .node
                 .clone()
-                .into_const_with(|name| {
-                    Ok::<_, ()>(variables.get(&name).cloned().unwrap_or(GqlValue::Null))
-                })
+                // A variable left to its default is not shared: the default
+                // lives in the query, and the rule must see the value.
+                .into_const_with(|name| variables.get(&name).cloned().ok_or(()))
                 .ok()?;
             arguments.insert(Name::new(name.node.as_str()), value);
         }

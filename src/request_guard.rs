@@ -165,6 +165,18 @@ fn document_has_nul(document: &ExecutableDocument) -> bool {
                 .values()
                 .map(|fragment| &fragment.node.selection_set),
         );
+    let defaults_have_nul = document.operations.iter().any(|(_, op)| {
+        op.node.variable_definitions.iter().any(|definition| {
+            definition
+                .node
+                .default_value
+                .as_ref()
+                .is_some_and(|value| has_nul(&value.node))
+        })
+    });
+    if defaults_have_nul {
+        return true;
+    }
     // Nesting is bounded by `QueryLimits`, so this recursion is too.
     fn walk(set: &Positioned<SelectionSet>) -> bool {
         set.node.items.iter().any(|item| match &item.node {
@@ -248,6 +260,10 @@ mod tests {
     fn finds_nul_in_literals_and_variables() {
         let document = async_graphql::parser::parse_query("{ a(s: \"x\\u0000y\") }").unwrap();
         assert!(document_has_nul(&document));
+        let document =
+            async_graphql::parser::parse_query("query($s: String = \"x\\u0000\") { a(s: $s) }")
+                .unwrap();
+        assert!(document_has_nul(&document), "a variable's default");
         let document = async_graphql::parser::parse_query("{ a(s: [{t: \"ok\"}]) { b } }").unwrap();
         assert!(!document_has_nul(&document));
         assert!(has_nul(&Value::List(vec![Value::String("a\0".into())])));

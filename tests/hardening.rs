@@ -221,7 +221,12 @@ fn empty_frame(opcode_and_fin: u8) -> [u8; 6] {
 
 #[tokio::test]
 async fn endless_empty_continuation_frames_are_cut_off() {
-    let server = TestServer::start_with(|c| c.max_message_bytes = 1024).await;
+    let server = TestServer::start_with(|c| {
+        c.max_message_bytes = 1024;
+        // Longer than the test waits: only the message budget may close.
+        c.init_timeout = Duration::from_secs(60);
+    })
+    .await;
     let mut stream = raw_websocket(&server).await;
     // A text frame without FIN, then continuation frames that add nothing.
     stream.write_all(&empty_frame(0x01)).await.unwrap();
@@ -243,10 +248,39 @@ async fn endless_empty_continuation_frames_are_cut_off() {
 }
 
 #[tokio::test]
+async fn pings_between_fragments_do_not_reset_the_message_budget() {
+    let server = TestServer::start_with(|c| {
+        c.max_message_bytes = 1024;
+        // Longer than the test waits: only the message budget may close.
+        c.init_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut stream = raw_websocket(&server).await;
+    stream.write_all(&empty_frame(0x01)).await.unwrap();
+    // A ping (a control frame may come between fragments), then empty
+    // continuations, again and again.
+    let mut round = empty_frame(0x89).to_vec();
+    round.extend(empty_frame(0x00).repeat(50));
+    let mut cut_off = false;
+    for _ in 0..400 {
+        if stream.write_all(&round).await.is_err() {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(
+        cut_off || closed_by_server(&mut stream, WAIT).await,
+        "pings reset the message budget"
+    );
+}
+
+#[tokio::test]
 async fn a_message_sent_a_byte_at_a_time_is_cut_off() {
     let server = TestServer::start_with(|c| {
         c.ws_message_timeout = Duration::from_millis(300);
         c.keepalive = Duration::from_millis(100);
+        // Longer than the test waits: only the message timeout may close.
+        c.init_timeout = Duration::from_secs(60);
     })
     .await;
     let mut stream = raw_websocket(&server).await;

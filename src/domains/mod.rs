@@ -35,14 +35,13 @@ pub struct Limits {
 /// ([`crate::hub::CatchupQueue`]): its user when signed in, else its
 /// address.
 pub(crate) fn catchup_client(ctx: &async_graphql::Context<'_>) -> String {
-    match (
-        ctx.data_opt::<crate::auth::Viewer>(),
-        ctx.data_opt::<std::net::IpAddr>(),
-    ) {
-        (Some(viewer), _) => format!("user:{}", viewer.user_id),
-        (None, Some(address)) => format!("address:{address}"),
-        (None, None) => "shared".to_owned(),
+    if let Some(crate::hub::CatchupLane(client)) = ctx.data_opt() {
+        return client.clone();
     }
+    let user = ctx
+        .data_opt::<crate::auth::Viewer>()
+        .map(|v| v.user_id.as_str());
+    crate::hub::CatchupLane::of(user, ctx.data_opt::<std::net::IpAddr>().copied()).0
 }
 
 /// Where a subscription starts in the log: after the cursor a catching-up

@@ -241,6 +241,23 @@ impl WireMeter {
         self.since.store(0, Ordering::Relaxed);
     }
 
+    /// A control frame (ping, pong) with `payload` bytes arrived: its bytes
+    /// leave the count, and if nothing else is pending no message is under
+    /// way.
+    pub(super) fn control_frame(&self, payload: usize) {
+        // Header, length and mask of a client frame.
+        let wire = payload + if payload < 126 { 6 } else { 8 };
+        let left = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                Some(pending.saturating_sub(wire))
+            })
+            .map_or(0, |before| before.saturating_sub(wire));
+        if left == 0 {
+            self.since.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// How long the client has been sending its current message, if it is
     /// sending one.
     pub(super) fn message_age(&self) -> Option<Duration> {

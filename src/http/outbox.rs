@@ -5,9 +5,12 @@
 //! subscription tasks) wait: a slow client's subscriptions stop pulling and
 //! later read the log from their cursors instead of growing this queue.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -86,10 +89,14 @@ impl Outbox {
     /// The outbox of a socket's `sink`, and the task that writes it.
     /// `limit`: outgoing bytes this connection may have unsent;
     /// `queued_bytes`: the metric over all connections.
+    /// `write_timeout`: the longest one batch may take to write; a client
+    /// that stops reading for longer (a zero TCP window) loses the
+    /// connection instead of holding it, its slot and its subscriptions.
     pub(super) fn open(
         sink: SplitSink<WebSocket, Message>,
         limit: usize,
         queued_bytes: Arc<AtomicUsize>,
+        write_timeout: Duration,
     ) -> (Outbox, JoinHandle<()>) {
         let limit = limit.max(1);
         // The byte budget bounds the queue; the count is a backstop for tiny
@@ -103,7 +110,7 @@ impl Outbox {
         };
         (
             outbox,
-            tokio::spawn(write_frames(sink, frames, queued_bytes)),
+            tokio::spawn(write_frames(sink, frames, queued_bytes, write_timeout)),
         )
     }
 }
@@ -112,6 +119,7 @@ async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Box<Outgoing>>,
     queued_bytes: Arc<AtomicUsize>,
+    write_timeout: Duration,
 ) {
     let mut failed = false;
     while let Some(frame) = frames.recv().await {
@@ -125,19 +133,17 @@ async fn write_frames(
         }
         let bytes: usize = batch.iter().map(|f| f.bytes).sum();
         if !failed {
-            let mut result = Ok(());
             let mut permits = Vec::with_capacity(batch.len());
-            for frame in batch {
-                permits.push(frame._permit);
-                if result.is_ok() {
-                    result = sink.feed(frame.message).await;
+            let write = async {
+                for frame in batch {
+                    permits.push(frame._permit);
+                    sink.feed(frame.message).await?;
                 }
-            }
-            if result.is_ok() {
-                result = sink.flush().await;
-            }
+                sink.flush().await
+            };
+            let written = matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())));
             drop(permits);
-            if result.is_err() {
+            if !written {
                 // The client is gone: keep draining so producers end.
                 failed = true;
                 frames.close();

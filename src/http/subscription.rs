@@ -21,7 +21,7 @@ use crate::{
     db::Cursor,
     error::with_codes,
     fanout::{failed_to_start, serialize, serialize_errors, Fanout, Member},
-    hub::{Hub, RingRecvError},
+    hub::{CatchupLane, Hub, RingRecvError},
 };
 
 /// What every operation of the server runs with: the fan-out and the hub,
@@ -179,7 +179,7 @@ impl Subscription {
                     // Too slow for the group: catch up alone from the log,
                     // then rejoin.
                     self.operations.hub.count_catchup();
-                    let request = member.shape().resume(last);
+                    let request = member.shape().resume(last, self.catchup_lane());
                     let end = Box::pin(self.alone(request, Some((&mut member, &mut last)))).await?;
                     if !end.rejoined {
                         return Ok(end.complete);
@@ -188,6 +188,15 @@ impl Subscription {
                 Err(RingRecvError::Closed) => return Ok(true),
             }
         }
+    }
+}
+
+impl Subscription {
+    /// Whose turns this subscription's log reads take: its user, else its
+    /// address (as `domains::catchup_client` says for a request of its own).
+    fn catchup_lane(&self) -> CatchupLane {
+        let user = self.viewer.as_ref().map(|viewer| viewer.user_id.as_str());
+        CatchupLane::of(user, Some(self.address))
     }
 }
 

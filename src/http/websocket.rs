@@ -80,7 +80,12 @@ async fn serve(
     let _done = state.sockets_done.clone();
     state.sockets.fetch_add(1, Ordering::Relaxed);
     let (sink, mut source) = socket.split();
-    let (outbox, writer) = Outbox::open(sink, state.max_queued_bytes, state.queued_bytes.clone());
+    let (outbox, writer) = Outbox::open(
+        sink,
+        state.max_queued_bytes,
+        state.queued_bytes.clone(),
+        state.ws_message_timeout,
+    );
     let mut driver = Driver {
         protocol: ProtocolState::new(protocol, state.max_subscriptions),
         frames: Arc::new(Frames { protocol }),
@@ -100,7 +105,15 @@ async fn serve(
     let ending: Option<(u16, String)> = loop {
         let step = tokio::select! {
             message = source.next() => {
-                meter.message_done();
+                match &message {
+                    // Control frames may come between a message's
+                    // fragments: they end no message, they only leave the
+                    // count.
+                    Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                        meter.control_frame(payload.len());
+                    }
+                    _ => meter.message_done(),
+                }
                 Box::pin(driver.read(message)).await
             }
             revocation = next_revocation(&mut driver.revocations) => {

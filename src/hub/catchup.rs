@@ -17,6 +17,23 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Request data: the client whose turns a subscription's log reads take,
+/// when the request's own viewer is not that client (a shared member
+/// catching up runs as its class).
+#[derive(Debug, Clone)]
+pub struct CatchupLane(pub String);
+
+impl CatchupLane {
+    /// A signed-in client's lane is its user; else its address.
+    pub fn of(user: Option<&str>, address: Option<std::net::IpAddr>) -> CatchupLane {
+        CatchupLane(match (user, address) {
+            (Some(user), _) => format!("user:{user}"),
+            (None, Some(address)) => format!("address:{address}"),
+            (None, None) => "shared".to_owned(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct CatchupQueue {
     /// Reads allowed at once over the process.

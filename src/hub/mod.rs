@@ -19,7 +19,7 @@ use std::{
     },
 };
 
-pub use catchup::{CatchupQueue, Turn};
+pub use catchup::{CatchupLane, CatchupQueue, Turn};
 pub use feed::{CursorExpired, Feed, ResumeAfter};
 pub use filter::{FilterError, RowFilter};
 pub use ring::{Receiver as RingReceiver, RecvError as RingRecvError, Ring};
