@@ -268,9 +268,20 @@ impl Fanout {
             let value = value
                 .node
                 .clone()
-                // A variable left to its default is not shared: the default
-                // lives in the query, and the rule must see the value.
-                .into_const_with(|name| variables.get(&name).cloned().ok_or(()))
+                // Resolve `$variables` as execution will: the value sent,
+                // else the variable's default, else null.
+                .into_const_with(|name| {
+                    let value = variables.get(&name).cloned().or_else(|| {
+                        operation
+                            .node
+                            .variable_definitions
+                            .iter()
+                            .find(|definition| definition.node.name.node == name)
+                            .and_then(|definition| definition.node.default_value.as_ref())
+                            .map(|default| default.node.clone())
+                    });
+                    Ok::<_, ()>(value.unwrap_or(GqlValue::Null))
+                })
                 .ok()?;
             arguments.insert(Name::new(name.node.as_str()), value);
         }

@@ -215,3 +215,27 @@ async fn a_stalled_member_pins_at_most_the_group_byte_budget() {
         assert_eq!(stalled.next_item("s", "changes").await["row"]["id"], id);
     }
 }
+
+#[tokio::test]
+async fn a_variables_default_counts_when_deciding_to_share() {
+    let server = server_with(|_| {}).await;
+    let mut watcher = server.ws().await;
+    watcher
+        .subscribe("w", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_shared_subscribers(&server, 1, 1).await;
+    server
+        .sql("INSERT INTO items VALUES (1, 'one'); INSERT INTO items VALUES (2, 'two');")
+        .await;
+    let first = watcher.next_item("w", "changes").await;
+    assert_eq!(watcher.next_item("w", "changes").await["row"]["id"], 2);
+    // `after` comes from the variable's default: a replay, not a live
+    // stream to share.
+    let query = format!(
+        "subscription($after: String = \"{}\") {{ changes(table: \"items\", after: $after) {{ cursor row }} }}",
+        first["cursor"].as_str().unwrap()
+    );
+    let mut late = server.ws().await;
+    late.subscribe("r", &query, json!({})).await;
+    assert_eq!(late.next_item("r", "changes").await["row"]["id"], 2);
+}
