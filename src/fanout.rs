@@ -303,7 +303,13 @@ impl Fanout {
     pub fn join(self: &Arc<Self>, shape: Shape) -> Member {
         let start = self.hub.published();
         let mut groups = self.lock();
-        let (shape, group) = match groups.get_key_value(&shape) {
+        // A group whose execution just ended (its ring closed, its entry
+        // not yet removed) is not joined: a new one starts, so a late
+        // joiner sees the same start (or start-up error) as everyone.
+        let open = groups
+            .get_key_value(&shape)
+            .filter(|(_, group)| !group.ring.is_closed());
+        let (shape, group) = match open {
             // Members share the group's copy of the shape.
             Some((key, group)) => (key.clone(), group.clone()),
             None => {

@@ -139,6 +139,11 @@ impl<T> Ring<T> {
         }
     }
 
+    /// Whether the ring was closed (its sender is done).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Receivers right now.
     pub fn receiver_count(&self) -> usize {
         self.lock().positions.values().sum()
