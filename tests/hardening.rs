@@ -436,3 +436,36 @@ async fn a_catch_up_storm_does_not_delay_live_delivery() {
         "/readyz must stay up during the storm"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let server = TestServer::start_with(|c| {
+        c.ws_message_timeout = Duration::from_secs(1);
+        c.keepalive = Duration::from_millis(200);
+    })
+    .await;
+    server
+        .sql("CREATE TABLE blobs (id bigint PRIMARY KEY, body text); SELECT tidewire.track('blobs', public => true);")
+        .await;
+    let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
+    stalled
+        .subscribe("s", CHANGES, json!({"table": "blobs"}))
+        .await;
+    wait_for_metric(&server, "tidewire_websocket_connections", |v| v == 1.0).await;
+    wait_for_metric(&server, "tidewire_hub_subscribers", |v| v == 1.0).await;
+    // Far more than the socket buffers hold: the server's writes block.
+    let db = server.db().await;
+    for id in 1..=24i64 {
+        db.execute(
+            "INSERT INTO blobs VALUES ($1, repeat('z', 1 << 20))",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    // The client never reads: after --ws-message-timeout its connection
+    // goes, with its subscription.
+    wait_for_metric(&server, "tidewire_websocket_connections", |v| v == 0.0).await;
+    wait_for_metric(&server, "tidewire_subscriptions", |v| v == 0.0).await;
+    drop(stalled);
+}

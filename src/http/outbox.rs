@@ -151,5 +151,5 @@ async fn write_frames(
         }
         queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
