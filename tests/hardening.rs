@@ -214,6 +214,30 @@ async fn raw_websocket(server: &TestServer) -> TcpStream {
     stream
 }
 
+/// A server whose WebSockets may carry messages of at most 1 KiB, and that
+/// waits longer for `connection_init` than a test does: only the message
+/// budget may close a raw socket.
+async fn small_message_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.max_message_bytes = 1024;
+        c.init_timeout = Duration::from_secs(60);
+    })
+    .await
+}
+
+/// Opens a text message (no FIN) and sends `round` `rounds` times; true if
+/// the server cut the connection meanwhile or within `WAIT` after.
+async fn cut_off_sending(server: &TestServer, round: &[u8], rounds: usize) -> bool {
+    let mut stream = raw_websocket(server).await;
+    stream.write_all(&empty_frame(0x01)).await.unwrap();
+    for _ in 0..rounds {
+        if stream.write_all(round).await.is_err() {
+            return true;
+        }
+    }
+    closed_by_server(&mut stream, WAIT).await
+}
+
 /// A masked client frame with an empty payload.
 fn empty_frame(opcode_and_fin: u8) -> [u8; 6] {
     [opcode_and_fin, 0x80, 1, 2, 3, 4]
@@ -221,55 +245,25 @@ fn empty_frame(opcode_and_fin: u8) -> [u8; 6] {
 
 #[tokio::test]
 async fn endless_empty_continuation_frames_are_cut_off() {
-    let server = TestServer::start_with(|c| {
-        c.max_message_bytes = 1024;
-        // Longer than the test waits: only the message budget may close.
-        c.init_timeout = Duration::from_secs(60);
-    })
-    .await;
-    let mut stream = raw_websocket(&server).await;
-    // A text frame without FIN, then continuation frames that add nothing.
-    stream.write_all(&empty_frame(0x01)).await.unwrap();
+    let server = small_message_server().await;
+    // Continuation frames that add nothing: 100,000 of them, far past the
+    // 17 KiB a 1 KiB message may take on the wire.
     let continuation = empty_frame(0x00).repeat(1000);
-    let started = Instant::now();
-    let mut cut_off = false;
-    // 100,000 frames: far past the 17 KiB a 1 KiB message may take.
-    for _ in 0..100 {
-        if stream.write_all(&continuation).await.is_err() {
-            cut_off = true;
-            break;
-        }
-    }
     assert!(
-        cut_off || closed_by_server(&mut stream, WAIT).await,
-        "the server kept reading empty fragments for {:?}",
-        started.elapsed()
+        cut_off_sending(&server, &continuation, 100).await,
+        "the server kept reading empty fragments"
     );
 }
 
 #[tokio::test]
 async fn pings_between_fragments_do_not_reset_the_message_budget() {
-    let server = TestServer::start_with(|c| {
-        c.max_message_bytes = 1024;
-        // Longer than the test waits: only the message budget may close.
-        c.init_timeout = Duration::from_secs(60);
-    })
-    .await;
-    let mut stream = raw_websocket(&server).await;
-    stream.write_all(&empty_frame(0x01)).await.unwrap();
+    let server = small_message_server().await;
     // A ping (a control frame may come between fragments), then empty
     // continuations, again and again.
     let mut round = empty_frame(0x89).to_vec();
     round.extend(empty_frame(0x00).repeat(50));
-    let mut cut_off = false;
-    for _ in 0..400 {
-        if stream.write_all(&round).await.is_err() {
-            cut_off = true;
-            break;
-        }
-    }
     assert!(
-        cut_off || closed_by_server(&mut stream, WAIT).await,
+        cut_off_sending(&server, &round, 400).await,
         "pings reset the message budget"
     );
 }

@@ -9,8 +9,8 @@ use std::{
 };
 
 use common::{
-    wait_for_metric, wait_for_shared_subscribers, wait_for_subscribers, GqlClient, Rng, TestServer,
-    CHANGES, WAIT,
+    wait_for_metric, wait_for_shared_subscribers, wait_for_subscribers, write_mebibyte_rows,
+    GqlClient, Rng, TestServer, CHANGES, WAIT,
 };
 use serde_json::{json, Value};
 use tidewire::db::Cursor;
@@ -496,18 +496,15 @@ async fn a_stalled_subscriber_pins_at_most_the_topic_byte_budget() {
     wait_for_shared_subscribers(&server, 3, 2).await;
 
     // 1 MiB rows: a topic buffer of 1,024 changes would hold all of them.
-    let db = server.db().await;
-    let mut most = 0.0f64;
-    for id in 2..=25i64 {
-        db.execute(
-            "INSERT INTO blobs VALUES ($1, repeat('y', 1 << 20))",
-            &[&id],
-        )
-        .await
-        .unwrap();
-        assert_eq!(fast.next_item("f", "changes").await["row"]["id"], id);
-        most = most.max(server.metric("tidewire_hub_buffered_bytes").await);
-    }
+    let most = write_mebibyte_rows(
+        &server,
+        "blobs",
+        2..=25,
+        &mut fast,
+        "f",
+        "tidewire_hub_buffered_bytes",
+    )
+    .await;
     println!("most buffered in the hub for the stalled subscriber: {most} bytes");
     assert!(
         most <= (BUDGET + (1 << 20) + 64 * 1024) as f64,

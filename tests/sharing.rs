@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    client_with_token, token, wait_for_metric, wait_for_shared_subscribers, GqlClient, TestServer,
-    CHANGES,
+    client_with_token, token, wait_for_metric, wait_for_shared_subscribers, write_mebibyte_rows,
+    GqlClient, TestServer, CHANGES,
 };
 use serde_json::json;
 
@@ -29,6 +29,20 @@ async fn server_with(adjust: impl FnOnce(&mut tidewire::config::Config)) -> Test
         )
         .await;
     server
+}
+
+/// Two members of one shared execution on `items`: one whose socket
+/// barely buffers and that the test does not read yet, one it reads.
+async fn stalled_and_fast(server: &TestServer) -> (GqlClient, GqlClient) {
+    let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
+    stalled
+        .subscribe("s", CHANGES, json!({"table": "items"}))
+        .await;
+    let mut fast = server.ws().await;
+    fast.subscribe("f", CHANGES, json!({"table": "items"}))
+        .await;
+    wait_for_shared_subscribers(server, 2, 1).await;
+    (stalled, fast)
 }
 
 async fn user(server: &TestServer, name: &str) -> GqlClient {
@@ -131,14 +145,7 @@ async fn a_member_that_fell_behind_catches_up_and_rejoins_its_group() {
         config.topic_buffer = 16;
     })
     .await;
-    let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
-    stalled
-        .subscribe("s", CHANGES, json!({"table": "items"}))
-        .await;
-    let mut fast = server.ws().await;
-    fast.subscribe("f", CHANGES, json!({"table": "items"}))
-        .await;
-    wait_for_shared_subscribers(&server, 2, 1).await;
+    let (mut stalled, mut fast) = stalled_and_fast(&server).await;
 
     let db = server.db().await;
     for batch in 0..ROWS / 50 {
@@ -179,28 +186,18 @@ async fn a_stalled_member_pins_at_most_the_group_byte_budget() {
         config.max_queued_bytes = 256 * 1024;
     })
     .await;
-    let mut stalled = GqlClient::connect_small_buffer(server.addr).await;
-    stalled
-        .subscribe("s", CHANGES, json!({"table": "items"}))
-        .await;
-    let mut fast = server.ws().await;
-    fast.subscribe("f", CHANGES, json!({"table": "items"}))
-        .await;
-    wait_for_shared_subscribers(&server, 2, 1).await;
+    let (mut stalled, mut fast) = stalled_and_fast(&server).await;
 
     // 1 MiB rows: the default group buffer of 4,096 results would hold all.
-    let db = server.db().await;
-    let mut most = 0.0f64;
-    for id in 1..=24i64 {
-        db.execute(
-            "INSERT INTO items VALUES ($1, repeat('y', 1 << 20))",
-            &[&id],
-        )
-        .await
-        .unwrap();
-        assert_eq!(fast.next_item("f", "changes").await["row"]["id"], id);
-        most = most.max(server.metric("tidewire_shared_buffered_bytes").await);
-    }
+    let most = write_mebibyte_rows(
+        &server,
+        "items",
+        1..=24,
+        &mut fast,
+        "f",
+        "tidewire_shared_buffered_bytes",
+    )
+    .await;
     println!("most buffered for the stalled member: {most} bytes");
     assert!(
         most <= (BUDGET + (1 << 20) + 4096) as f64,

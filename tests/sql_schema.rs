@@ -4,11 +4,7 @@
 
 mod common;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, process::Command};
 
 const SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/schema.sql");
 const BLESS: &str = "TIDEWIRE_BLESS=1 cargo test --test sql_schema";
@@ -69,7 +65,7 @@ async fn committed_sql_schema_matches_the_migrations() {
 /// `pg_dump` of the `tidewire` schema: definitions only, no owners or
 /// grants, so the text depends on the migrations alone.
 fn pg_dump(url: &str) -> String {
-    let program = bin_dir()
+    let program = tidewire::db::embedded::find_bin_dir()
         .expect("no PostgreSQL binaries found (initdb and pg_ctl, on PATH or under /usr/lib/postgresql)")
         .join("pg_dump");
     let output = Command::new(&program)
@@ -117,31 +113,6 @@ fn normalize(dump: &str) -> String {
 fn major_version(text: &str) -> Option<&str> {
     text.lines()
         .find_map(|line| line.strip_prefix(VERSION_PREFIX))
-}
-
-/// Folder of the PostgreSQL binaries, found the way the embedded cluster
-/// finds `initdb` (src/db/embedded.rs), so pg_dump matches the server.
-fn bin_dir() -> Option<PathBuf> {
-    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if has_tools(&dir) {
-                let real = fs::canonicalize(dir.join("initdb")).ok()?;
-                return real.parent().map(Path::to_path_buf);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .filter(|(_, dir)| has_tools(dir))
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, dir)| dir)
 }
 
 #[test]

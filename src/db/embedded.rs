@@ -470,7 +470,10 @@ fn read_pid_file_port(data_dir: &Path) -> Option<u16> {
     text.lines().nth(3)?.trim().parse().ok()
 }
 
-fn find_bin_dir() -> Option<PathBuf> {
+/// Folder of the PostgreSQL server binaries (`initdb`, `pg_ctl`, and
+/// beside them `pg_dump`): the first on `PATH`, else the newest under
+/// `/usr/lib/postgresql`.
+pub fn find_bin_dir() -> Option<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {

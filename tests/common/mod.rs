@@ -297,6 +297,29 @@ pub async fn wait_for_shared_subscribers(server: &TestServer, clients: usize, fe
     wait_for_metric(server, "tidewire_hub_subscribers", |v| v == feeds as f64).await;
 }
 
+/// Inserts a row of 1 MiB into `table` (columns `id`, `body`) for each of
+/// `ids`, waiting until `reader` receives it on subscription `sub`; returns
+/// the highest value metric `name` showed meanwhile (what a stalled
+/// subscriber made the server buffer).
+pub async fn write_mebibyte_rows(
+    server: &TestServer,
+    table: &str,
+    ids: std::ops::RangeInclusive<i64>,
+    reader: &mut GqlClient,
+    sub: &str,
+    name: &str,
+) -> f64 {
+    let db = server.db().await;
+    let insert = format!("INSERT INTO {table} VALUES ($1, repeat('y', 1 << 20))");
+    let mut most = 0.0f64;
+    for id in ids {
+        db.execute(&insert, &[&id]).await.unwrap();
+        assert_eq!(reader.next_item(sub, "changes").await["row"]["id"], id);
+        most = most.max(server.metric(name).await);
+    }
+    most
+}
+
 /// Waits until metric `name` satisfies `ok`; returns its value.
 pub async fn wait_for_metric(server: &TestServer, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let deadline = tokio::time::Instant::now() + WAIT;
