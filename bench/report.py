@@ -41,6 +41,14 @@ met = lambda ok: "yes" if ok else "**no**"
 curve_rows = "\n".join(row(f"{n:,}", c(n)) for n in [1000, 5000, 10000, 19000])
 anon, signed = rows["fanout-10000-anonymous"], rows["fanout-10000-signed-in"]
 signed_rows = "\n".join([row("10,000 anonymous", anon), row("10,000 signed in (10,000 users)", signed)])
+chat_rows = "\n".join(
+    row(name, rows[label])
+    for name, label in [
+        ("`chatRoom`, 5,000 members (5,000 users)", "chat-room-5000"),
+        ("`changes`, 5,000 signed in (5,000 users)", "changes-5000-signed-in"),
+    ]
+    if label in rows
+)
 template = (here / "BENCHMARKS.template.md").read_text()
 values = dict(
     hold_kib=kib(h), hold_ok=met(h["server_bytes_per_connection"] <= 8192 and h["failed_connections"] == 0),
@@ -56,6 +64,7 @@ values = dict(
     ch_rate=f"{ch['connect_init_subscribe_per_second']:,.0f}", ch_ok=met(ch["connect_init_subscribe_per_second"] >= 5000),
     curve_rows=curve_rows,
     signed_rows=signed_rows,
+    chat_rows=chat_rows,
     signed_ratio=f"{signed['deliveries_per_second'] / anon['deliveries_per_second']:.0%}",
     signed_kib=kib(signed),
 )

@@ -4,6 +4,7 @@
 #   bench/run.sh            all scenarios (about 5 minutes)
 #   bench/run.sh curves     only the subscriber curve
 #   bench/run.sh signed-in  10,000 anonymous vs 10,000 signed-in subscribers
+#   bench/run.sh chat       one chat room of 5,000 members vs changes, both signed in
 #   bench/run.sh hold|churn one scenario
 # Needs: cargo build --release; PostgreSQL binaries (initdb, pg_ctl);
 # taskset (util-linux). The server runs on core 0; its Postgres and the
@@ -54,6 +55,10 @@ what=${1:-all}
 if [ "$what" = all ] || [ "$what" = signed-in ]; then
   run fanout-10000-anonymous fanout --subscribers 10000 --rate 20 --seconds 15 --processes 2 --sources 8
   run fanout-10000-signed-in fanout --subscribers 10000 --rate 20 --seconds 15 --processes 2 --sources 8 --sign-in-with "$SECRET"
+fi
+if [ "$what" = all ] || [ "$what" = chat ]; then
+  run chat-room-5000 fanout --subscribers 5000 --rate 20 --seconds 15 --processes 2 --sources 8 --sign-in-with "$SECRET" --chat
+  run changes-5000-signed-in fanout --subscribers 5000 --rate 20 --seconds 15 --processes 2 --sources 8 --sign-in-with "$SECRET"
 fi
 if [ "$what" = all ] || [ "$what" = curves ]; then
   for n in 1000 5000 10000 19000; do

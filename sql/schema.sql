@@ -290,6 +290,84 @@ CREATE TABLE tidewire.commits (
 
 
 --
+-- Name: games; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.games (
+    id bigint NOT NULL,
+    player_one text NOT NULL,
+    player_two text,
+    board text DEFAULT repeat('.'::text, 42) NOT NULL,
+    status text DEFAULT 'WAITING'::text NOT NULL,
+    turn smallint,
+    winner smallint,
+    version integer DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT games_board_check CHECK ((board ~ '^[.12]{42}$'::text)),
+    CONSTRAINT games_playing_has_a_turn CHECK (((status = 'PLAYING'::text) = (turn IS NOT NULL))),
+    CONSTRAINT games_status_check CHECK ((status = ANY (ARRAY['WAITING'::text, 'PLAYING'::text, 'WON'::text, 'DRAW'::text]))),
+    CONSTRAINT games_turn_check CHECK ((turn = ANY (ARRAY[1, 2]))),
+    CONSTRAINT games_two_players CHECK ((player_two <> player_one)),
+    CONSTRAINT games_version_check CHECK ((version >= 1)),
+    CONSTRAINT games_waiting_has_one_player CHECK (((status = 'WAITING'::text) = (player_two IS NULL))),
+    CONSTRAINT games_winner_check CHECK ((winner = ANY (ARRAY[1, 2]))),
+    CONSTRAINT games_won_has_a_winner CHECK (((status = 'WON'::text) = (winner IS NOT NULL)))
+);
+
+
+--
+-- Name: games_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.games_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: games_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.games_id_seq OWNED BY tidewire.games.id;
+
+
+--
+-- Name: messages; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.messages (
+    id bigint NOT NULL,
+    room_id bigint NOT NULL,
+    author_id text NOT NULL,
+    body text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: messages_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.messages_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: messages_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.messages_id_seq OWNED BY tidewire.messages.id;
+
+
+--
 -- Name: notifications; Type: TABLE; Schema: tidewire; Owner: -
 --
 
@@ -379,6 +457,61 @@ CREATE TABLE tidewire.retention (
 
 
 --
+-- Name: room_invites; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.room_invites (
+    room_id bigint NOT NULL,
+    user_id text NOT NULL,
+    invited_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: room_members; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.room_members (
+    room_id bigint NOT NULL,
+    user_id text NOT NULL,
+    joined_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: rooms; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.rooms (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    private boolean DEFAULT false NOT NULL,
+    owner_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT rooms_name_check CHECK (((char_length(name) >= 1) AND (char_length(name) <= 100)))
+);
+
+
+--
+-- Name: rooms_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.rooms_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: rooms_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.rooms_id_seq OWNED BY tidewire.rooms.id;
+
+
+--
 -- Name: sessions; Type: TABLE; Schema: tidewire; Owner: -
 --
 
@@ -453,6 +586,20 @@ CREATE TABLE tidewire.users (
 
 
 --
+-- Name: games id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.games ALTER COLUMN id SET DEFAULT nextval('tidewire.games_id_seq'::regclass);
+
+
+--
+-- Name: messages id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.messages ALTER COLUMN id SET DEFAULT nextval('tidewire.messages_id_seq'::regclass);
+
+
+--
 -- Name: notifications id; Type: DEFAULT; Schema: tidewire; Owner: -
 --
 
@@ -464,6 +611,13 @@ ALTER TABLE ONLY tidewire.notifications ALTER COLUMN id SET DEFAULT nextval('tid
 --
 
 ALTER TABLE ONLY tidewire.orders ALTER COLUMN id SET DEFAULT nextval('tidewire.orders_id_seq'::regclass);
+
+
+--
+-- Name: rooms id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.rooms ALTER COLUMN id SET DEFAULT nextval('tidewire.rooms_id_seq'::regclass);
 
 
 --
@@ -498,6 +652,22 @@ ALTER TABLE ONLY tidewire.commits
 
 
 --
+-- Name: games games_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.games
+    ADD CONSTRAINT games_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: messages messages_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: notifications notifications_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
 --
 
@@ -527,6 +697,30 @@ ALTER TABLE ONLY tidewire.presence
 
 ALTER TABLE ONLY tidewire.retention
     ADD CONSTRAINT retention_pkey PRIMARY KEY (single);
+
+
+--
+-- Name: room_invites room_invites_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.room_invites
+    ADD CONSTRAINT room_invites_pkey PRIMARY KEY (room_id, user_id);
+
+
+--
+-- Name: room_members room_members_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.room_members
+    ADD CONSTRAINT room_members_pkey PRIMARY KEY (room_id, user_id);
+
+
+--
+-- Name: rooms rooms_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.rooms
+    ADD CONSTRAINT rooms_pkey PRIMARY KEY (id);
 
 
 --
@@ -592,6 +786,27 @@ CREATE INDEX commits_committed_at ON tidewire.commits USING btree (committed_at)
 
 
 --
+-- Name: games_open_player_one; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX games_open_player_one ON tidewire.games USING btree (player_one) WHERE (status = ANY (ARRAY['WAITING'::text, 'PLAYING'::text]));
+
+
+--
+-- Name: games_open_player_two; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX games_open_player_two ON tidewire.games USING btree (player_two) WHERE (status = ANY (ARRAY['WAITING'::text, 'PLAYING'::text]));
+
+
+--
+-- Name: messages_room; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX messages_room ON tidewire.messages USING btree (room_id, id DESC);
+
+
+--
 -- Name: notifications_user; Type: INDEX; Schema: tidewire; Owner: -
 --
 
@@ -603,6 +818,27 @@ CREATE INDEX notifications_user ON tidewire.notifications USING btree (user_id, 
 --
 
 CREATE INDEX orders_created ON tidewire.orders USING btree (created_at);
+
+
+--
+-- Name: room_invites_user; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX room_invites_user ON tidewire.room_invites USING btree (user_id);
+
+
+--
+-- Name: room_members_user; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX room_members_user ON tidewire.room_members USING btree (user_id);
+
+
+--
+-- Name: rooms_owner; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX rooms_owner ON tidewire.rooms USING btree (owner_id);
 
 
 --
@@ -627,10 +863,31 @@ CREATE CONSTRAINT TRIGGER commit_position AFTER INSERT ON tidewire.changes DEFER
 
 
 --
+-- Name: games tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.games REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('games', 'tidewire.games');
+
+
+--
+-- Name: messages tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.messages REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
 -- Name: notifications tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
 CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.notifications REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('notifications', 'tidewire.notifications');
+
+
+--
+-- Name: room_members tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.room_members REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat_members', 'tidewire.room_members');
 
 
 --
@@ -641,10 +898,31 @@ CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.stock_prices REF
 
 
 --
+-- Name: games tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.games REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('games', 'tidewire.games');
+
+
+--
+-- Name: messages tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
 -- Name: notifications tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
 CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.notifications REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('notifications', 'tidewire.notifications');
+
+
+--
+-- Name: room_members tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.room_members REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat_members', 'tidewire.room_members');
 
 
 --
@@ -655,6 +933,20 @@ CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.stock_prices REF
 
 
 --
+-- Name: games tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.games REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('games', 'tidewire.games');
+
+
+--
+-- Name: messages tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
 -- Name: notifications tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
@@ -662,10 +954,41 @@ CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.notifications RE
 
 
 --
+-- Name: room_members tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.room_members REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat_members', 'tidewire.room_members');
+
+
+--
 -- Name: stock_prices tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
 CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.stock_prices REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('stocks', 'tidewire.stock_prices');
+
+
+--
+-- Name: messages messages_room_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.messages
+    ADD CONSTRAINT messages_room_id_fkey FOREIGN KEY (room_id) REFERENCES tidewire.rooms(id) ON DELETE CASCADE;
+
+
+--
+-- Name: room_invites room_invites_room_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.room_invites
+    ADD CONSTRAINT room_invites_room_id_fkey FOREIGN KEY (room_id) REFERENCES tidewire.rooms(id) ON DELETE CASCADE;
+
+
+--
+-- Name: room_members room_members_room_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.room_members
+    ADD CONSTRAINT room_members_room_id_fkey FOREIGN KEY (room_id) REFERENCES tidewire.rooms(id) ON DELETE CASCADE;
 
 
 --

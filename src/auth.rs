@@ -174,12 +174,16 @@ impl Verifier {
     }
 }
 
+/// Longest user id (`sub`) a token may carry: ids travel in room presence
+/// and chat rows, so their size is bounded.
+pub const MAX_USER_ID_BYTES: usize = 200;
+
 fn viewer(claims: Claims) -> Result<Viewer, AuthError> {
     let role = match claims.role.as_deref() {
         None => Role::User,
         Some(role) => Role::parse(role).ok_or(AuthError::Invalid)?,
     };
-    if claims.sub.is_empty() || claims.exp <= now() {
+    if claims.sub.is_empty() || claims.sub.len() > MAX_USER_ID_BYTES || claims.exp <= now() {
         return Err(if claims.exp <= now() {
             AuthError::Expired
         } else {

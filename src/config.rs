@@ -188,6 +188,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_PUBLIC_ORIGIN")]
     pub public_origin: Option<String>,
 
+    /// Longest chat message (`sendMessage`), in characters.
+    #[arg(long, env = "TIDEWIRE_MAX_CHAT_MESSAGE_CHARS", default_value_t = 4000)]
+    pub max_chat_message_chars: usize,
+
     /// Longest `countdown(seconds)` a client may ask for.
     #[arg(long, env = "TIDEWIRE_MAX_COUNTDOWN", default_value_t = 3600)]
     pub max_countdown: i32,

@@ -44,7 +44,7 @@ use crate::{
     graphql::TidewireSchema,
     hub::{CatchupLane, Hub, ResumeAfter, Ring, RingReceiver, RingRecvError},
     request_guard::QueryLimits,
-    sharing::{ShareQuery, SharingRules, Visibility},
+    sharing::{Lease, ShareQuery, SharingRules, Visibility},
 };
 
 /// What identifies a shared execution.
@@ -66,6 +66,9 @@ impl Shape {
         let variables = serde_json::from_str(&self.variables).unwrap_or_default();
         let mut request = Request::new(self.query.clone()).variables(variables);
         request.operation_name = self.operation.clone();
+        // The class itself, for fields that share by a class other than
+        // the viewer's (a room: see `Visibility::Room`).
+        let request = request.data(self.visibility.clone());
         match self.visibility.viewer() {
             Some(viewer) => request.data(viewer),
             None => request,
@@ -219,10 +222,15 @@ impl Fanout {
 
     /// The shape of `request`, made by `viewer`, if its stream can be
     /// shared: one subscription field with a sharing rule that names a
-    /// class, selecting the item's `cursor`. Queries over the limits are
-    /// not shared: executed alone, the schema's `RequestGuard` refuses them
-    /// with a proper error, and the parser never sees them here.
-    pub async fn shape_of(&self, request: &Request, viewer: Option<&Viewer>) -> Option<Shape> {
+    /// class, selecting the item's `cursor`; with the lease the rule granted
+    /// it on, if any. Queries over the limits are not shared: executed
+    /// alone, the schema's `RequestGuard` refuses them with a proper error,
+    /// and the parser never sees them here.
+    pub async fn shape_of(
+        &self,
+        request: &Request,
+        viewer: Option<&Viewer>,
+    ) -> Option<(Shape, Option<Lease>)> {
         self.query_limits.check(&request.query).ok()?;
         let document = parse_query(&request.query).ok()?;
         let operation = match &request.operation_name {
@@ -285,18 +293,20 @@ impl Fanout {
                 .ok()?;
             arguments.insert(Name::new(name.node.as_str()), value);
         }
-        let visibility = rule(ShareQuery {
+        let variables = serde_json::to_string(variables).ok()?;
+        let share = rule(ShareQuery {
             arguments,
             viewer: viewer.cloned(),
         })
         .await?;
-        Some(Shape {
+        let shape = Shape {
             query: request.query.clone(),
             operation: request.operation_name.clone(),
-            variables: serde_json::to_string(variables).ok()?,
-            visibility,
+            variables,
+            visibility: share.visibility,
             response_key: field.response_key().node.to_string(),
-        })
+        };
+        Some((shape, share.lease))
     }
 
     /// Joins the group of `shape`, starting its execution if it has none.

@@ -12,7 +12,9 @@ use crate::{
     domains::Limits,
     domains::{
         accounts::{AccountsMutation, CredentialLimits},
+        chat::{ChatMutation, ChatQuery, ChatSubscription, Memberships},
         dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription},
+        game::{GameMutation, GameQuery, GameSubscription},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
     },
@@ -22,7 +24,7 @@ use crate::{
     },
     hub::Hub,
     request_guard::RequestGuard,
-    services::{Countdowns, RateLimiter, Traffic},
+    services::{Countdowns, RateLimiter, Rooms, Traffic},
     sharing::SharingRules,
 };
 
@@ -33,6 +35,8 @@ pub struct Query(
     NotificationsQuery,
     StocksQuery,
     DashboardQuery,
+    ChatQuery,
+    GameQuery,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -42,6 +46,8 @@ pub struct Subscription(
     NotificationsSubscription,
     StocksSubscription,
     DashboardSubscription,
+    ChatSubscription,
+    GameSubscription,
 );
 
 #[derive(MergedObject, Default)]
@@ -50,6 +56,8 @@ pub struct Mutation(
     NotificationsMutation,
     StocksMutation,
     DashboardMutation,
+    ChatMutation,
+    GameMutation,
 );
 
 pub type TidewireSchema = Schema<Query, Mutation, Subscription>;
@@ -68,6 +76,9 @@ pub struct Services {
     /// `signIn`/`signUp` attempts per address and per account.
     pub credential_limits: Arc<CredentialLimits>,
     pub traffic: Arc<Traffic>,
+    /// Chat rooms' presence and typing, and members' streams.
+    pub rooms: Arc<Rooms>,
+    pub memberships: Arc<Memberships>,
 }
 
 pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
@@ -86,6 +97,8 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
     .data(services.rate_limiter)
     .data(services.credential_limits)
     .data(services.traffic)
+    .data(services.rooms)
+    .data(services.memberships)
     .data(limits);
     match services.issuer {
         Some(issuer) => schema.data(issuer).finish(),
@@ -95,10 +108,21 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
 
 /// The sharing rules of every shareable subscription field (see
 /// `crate::sharing`).
-pub fn sharing_rules(log: &ChangeLog) -> SharingRules {
+pub fn sharing_rules(services: &Services) -> SharingRules {
     SharingRules::default()
-        .with("changes", crate::domains::changes::sharing(log.clone()))
+        .with(
+            "changes",
+            crate::domains::changes::sharing(services.log.clone()),
+        )
         .with("notifications", crate::domains::notifications::sharing())
+        .with(
+            "chatRoom",
+            crate::domains::chat::sharing(
+                services.pool.clone(),
+                services.memberships.clone(),
+                services.rooms.clone(),
+            ),
+        )
 }
 
 /// The schema's SDL, as committed in `schema.graphql`.

@@ -20,16 +20,16 @@ use crate::{
     config::Config,
     db::{
         connect_log_pool, connect_once, connect_pool, migrate, ChangeLog, DbError, Listener,
-        ListenerStatus, PageLimit, Pruner, Watchdog,
+        ListenerStatus, PageLimit, Pruner, Watchdog, BUS_CHANNEL, REVOKED_CHANNEL,
     },
-    domains::accounts::CredentialLimits,
     domains::Limits,
+    domains::{accounts::CredentialLimits, chat::Memberships},
     fanout::{Fanout, GroupBuffer},
     graphql::{build_schema, sharing_rules, Services},
     http::{router, serve, Admission, AppState, ConnectionLimits, Operations},
     hub::Hub,
     request_guard::QueryLimits,
-    services::{presence, Countdowns, RateLimiter, Revocations, Traffic},
+    services::{presence, Bus, Countdowns, RateLimiter, Revocations, Rooms, Traffic},
 };
 
 /// Bytes one listener read may hold: pages of many subscribers' changes.
@@ -117,6 +117,9 @@ impl App {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let revocations = Revocations::new(1024);
+        let bus = Bus::new(self.pool.clone());
+        let rooms = Rooms::new(bus.node().clone());
+
         let stop_rx_presence = stop_rx.clone();
         let status = Arc::new(ListenerStatus::default());
         let listener_task = tokio::spawn(
@@ -130,7 +133,10 @@ impl App {
                 },
                 backoff: self.config.listener_backoff,
                 backoff_max: self.config.listener_backoff_max,
-                revocations: Arc::new(revocations.clone()),
+                notices: vec![
+                    (REVOKED_CHANNEL, Arc::new(revocations.clone())),
+                    (BUS_CHANNEL, rooms.clone()),
+                ],
             }
             .run(stop_rx.clone()),
         );
@@ -158,32 +164,39 @@ impl App {
         };
         let countdowns = Arc::new(Countdowns::default());
         let traffic = Arc::new(Traffic::default());
+        let page = PageLimit {
+            rows: self.config.log_page,
+            bytes: self.config.page_bytes,
+        };
+        let memberships = Memberships::new(self.hub.clone(), self.log.clone(), page);
+        let services = Services {
+            log: self.log.clone(),
+            hub: self.hub.clone(),
+            countdowns: countdowns.clone(),
+            pool: self.pool.clone(),
+            issuer: self
+                .config
+                .jwt_secret
+                .as_deref()
+                .map(|secret| Issuer::new(secret, self.config.token_ttl.as_secs() as i64)),
+            rate_limiter: Arc::new(RateLimiter::new(self.config.mutations_per_second)),
+            credential_limits: Arc::new(CredentialLimits::new(
+                self.config.credential_attempts_per_address,
+                self.config.credential_attempts_per_account,
+            )),
+            traffic: traffic.clone(),
+            rooms: rooms.clone(),
+            memberships: memberships.clone(),
+        };
+        let rules = sharing_rules(&services);
         let schema = build_schema(
-            Services {
-                log: self.log.clone(),
-                hub: self.hub.clone(),
-                countdowns: countdowns.clone(),
-                pool: self.pool.clone(),
-                issuer: self
-                    .config
-                    .jwt_secret
-                    .as_deref()
-                    .map(|secret| Issuer::new(secret, self.config.token_ttl.as_secs() as i64)),
-                rate_limiter: Arc::new(RateLimiter::new(self.config.mutations_per_second)),
-                credential_limits: Arc::new(CredentialLimits::new(
-                    self.config.credential_attempts_per_address,
-                    self.config.credential_attempts_per_account,
-                )),
-                traffic: traffic.clone(),
-            },
+            services,
             Limits {
-                page: PageLimit {
-                    rows: self.config.log_page,
-                    bytes: self.config.page_bytes,
-                },
+                page,
                 max_depth: self.config.max_depth,
                 max_complexity: self.config.max_complexity,
                 max_countdown: self.config.max_countdown,
+                max_chat_message_chars: self.config.max_chat_message_chars,
                 query: query_limits,
                 max_where_bytes: self.config.max_where_bytes,
                 max_where_conditions: self.config.max_where_conditions,
@@ -198,8 +211,10 @@ impl App {
                 bytes: self.config.group_buffer_bytes,
             },
             query_limits,
-            sharing_rules(&self.log),
+            rules,
         );
+        let rooms_task = tokio::spawn(rooms.clone().run(bus, stop_rx.clone()));
+
         let (done_tx, mut done_rx) = mpsc::channel(1);
         let state = AppState {
             schema,
@@ -234,6 +249,8 @@ impl App {
                 running: AtomicUsize::new(0),
             }),
             countdowns,
+            rooms: rooms.clone(),
+            memberships: memberships.clone(),
         };
         let admission = state.admission.clone();
         let presence_task = tokio::spawn(presence::run(
@@ -259,7 +276,13 @@ impl App {
         {
             tracing::warn!("some WebSockets did not close in time");
         }
-        let _ = tokio::join!(listener_task, watchdog_task, pruner_task, presence_task);
+        let _ = tokio::join!(
+            listener_task,
+            watchdog_task,
+            pruner_task,
+            presence_task,
+            rooms_task
+        );
         self.pool.close();
         tracing::info!("stopped");
         Ok(())

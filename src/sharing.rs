@@ -10,8 +10,14 @@
 //! arguments and the viewer, the class the results depend on, or `None`
 //! when they depend on more (a resume cursor, a snapshot taken at start) and
 //! the subscription must run alone. `graphql::sharing_rules` collects them.
+//!
+//! A class can be narrower than the viewer's rights: the members of a chat
+//! room share the room's stream. Such a rule checks the member's right as
+//! it grants the class, and hands back a [`Lease`]: what the member holds
+//! while it streams (its presence in the room) and a future that resolves,
+//! with the error that ends the member's stream, once the right is gone.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{any::Any, collections::HashMap, fmt, sync::Arc};
 
 use async_graphql::{Name, Value};
 use futures_util::future::BoxFuture;
@@ -27,6 +33,10 @@ pub enum Visibility {
     Role(Role),
     /// Only this user's rows.
     Owner(String),
+    /// The members of this room, each of whom the rule checked. A shared
+    /// execution of this class runs with the `Visibility` itself in its
+    /// request data, and the field trusts it for that room alone.
+    Room(i64),
 }
 
 impl Visibility {
@@ -40,7 +50,7 @@ impl Visibility {
             expires_at: i64::MAX,
         };
         match self {
-            Visibility::Anyone => None,
+            Visibility::Anyone | Visibility::Room(_) => None,
             Visibility::Role(role) => Some(viewer(format!("role:{role:?}"), *role)),
             Visibility::Owner(user) => Some(viewer(user.clone(), Role::User)),
         }
@@ -64,10 +74,33 @@ impl ShareQuery {
     }
 }
 
+/// What a rule grants one subscriber.
+pub struct Share {
+    pub visibility: Visibility,
+    pub lease: Option<Lease>,
+}
+
+impl From<Visibility> for Share {
+    fn from(visibility: Visibility) -> Share {
+        Share {
+            visibility,
+            lease: None,
+        }
+    }
+}
+
+/// A member's hold on a shared stream it was granted under conditions.
+pub struct Lease {
+    /// Held for as long as the member streams, dropped when it stops.
+    pub hold: Box<dyn Any + Send + Sync>,
+    /// Resolves when the member's right ends: the member's stream then
+    /// ends with this error.
+    pub ended: BoxFuture<'static, async_graphql::Error>,
+}
+
 /// A field's sharing rule: the visibility class its results depend on, or
 /// `None` to run alone.
-pub type ShareRule =
-    Arc<dyn Fn(ShareQuery) -> BoxFuture<'static, Option<Visibility>> + Send + Sync>;
+pub type ShareRule = Arc<dyn Fn(ShareQuery) -> BoxFuture<'static, Option<Share>> + Send + Sync>;
 
 /// The rules of every shareable root subscription field, by field name.
 #[derive(Clone, Default)]

@@ -1,4 +1,5 @@
-//! Stream operators for subscriptions: throttle, debounce and batch.
+//! Stream operators for subscriptions: throttle, debounce, batch, and an
+//! end imposed from outside.
 //!
 //! Each wraps any stream and ends when it ends, flushing what it holds. They
 //! hold at most one item (throttle, debounce) or `max_size` items (batch), so
@@ -31,6 +32,27 @@ pub fn pace<T: Send + 'static>(
         Some(interval) => Box::pin(throttle(source, interval)),
         None => source,
     }
+}
+
+/// `source` until `end` resolves, then `end`'s error as the last item.
+/// `hold` lives as long as the stream (what the stream keeps reserved).
+pub fn until_ended<T: Send + 'static, H: Send + 'static>(
+    source: impl Stream<Item = async_graphql::Result<T>> + Send + 'static,
+    end: futures_util::future::BoxFuture<'static, async_graphql::Error>,
+    hold: H,
+) -> Boxed<async_graphql::Result<T>> {
+    let source: Boxed<async_graphql::Result<T>> = Box::pin(source);
+    Box::pin(stream::unfold(
+        Some((source, end, hold)),
+        |state| async move {
+            let (mut source, mut end, hold) = state?;
+            tokio::select! {
+                biased;
+                error = &mut end => Some((Err(error), None)),
+                item = source.next() => item.map(|item| (item, Some((source, end, hold)))),
+            }
+        },
+    ))
 }
 
 /// At most one item per `interval`: the first at once, then, at the end of

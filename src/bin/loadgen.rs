@@ -5,7 +5,9 @@
 //! Scenarios:
 //! - `fanout`: N subscribers of one table, W writers committing R rows/s
 //!   for S seconds. Reports deliveries/s, commit→client latency, losses,
-//!   duplicates, order, and the server's memory per connection.
+//!   duplicates, order, and the server's memory per connection. With
+//!   `--chat`, the N subscribers are members of one chat room (`chatRoom`)
+//!   and the writers post messages to it.
 //! - `churn`: connect + `connection_init` + `subscribe` as fast as possible.
 //! - `writes`: W writers committing as fast as possible, one subscriber
 //!   checking that nothing is lost.
@@ -105,6 +107,11 @@ struct FanoutArgs {
     /// anonymous.
     #[arg(long)]
     sign_in_with: Option<String>,
+    /// Subscribe every client to one chat room it is a member of
+    /// (`chatRoom`), and post the writers' messages there, instead of a
+    /// table's `changes`. Needs --sign-in-with: members are users.
+    #[arg(long)]
+    chat: bool,
 }
 
 #[derive(Args)]
@@ -162,6 +169,10 @@ struct ClientArgs {
     /// Sign each socket in as its own user (see `fanout --sign-in-with`).
     #[arg(long)]
     sign_in_with: Option<String>,
+    /// Subscribe to this chat room instead of the table (see `fanout
+    /// --chat`).
+    #[arg(long)]
+    chat_room: Option<i64>,
 }
 
 /// What one client process saw.
@@ -200,6 +211,32 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let expect = args.rate * args.seconds;
     let per_process = args.subscribers.div_ceil(args.processes);
     let sources_each = (args.sources / args.processes as u8).max(1);
+    let room = if args.chat {
+        if args.sign_in_with.is_none() {
+            bail!("--chat needs --sign-in-with: the room's members are users");
+        }
+        let room: i64 = db
+            .query_one(
+                "INSERT INTO tidewire.rooms (name, owner_id) VALUES ('loadgen', 'bench-writer')
+                 RETURNING id",
+                &[],
+            )
+            .await?
+            .get(0);
+        for i in 0..args.processes {
+            let n = per_process.min(args.subscribers - i * per_process) as i64;
+            // The users `client` signs in as: bench-<source offset>-<i>.
+            db.execute(
+                "INSERT INTO tidewire.room_members (room_id, user_id)
+                 SELECT $1, 'bench-' || $2::text || '-' || g FROM generate_series(0, $3 - 1) g",
+                &[&room, &(i as u8 * sources_each).to_string(), &n],
+            )
+            .await?;
+        }
+        Some(room)
+    } else {
+        None
+    };
     let mut children = Vec::new();
     for i in 0..args.processes {
         let n = per_process.min(args.subscribers - i * per_process);
@@ -214,12 +251,13 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             churn: false,
             concurrency: 64,
             sign_in_with: args.sign_in_with.clone(),
+            chat_room: room,
         })?);
     }
     for child in &mut children {
         child.wait_for("ready")?;
     }
-    wait_until_live(&args.target.database_url, &mut children).await?;
+    wait_until_live(&args.target.database_url, room, &mut children).await?;
     let rss_held = args.target.server_pid.and_then(rss_bytes);
 
     let cpu_before = args.target.server_pid.and_then(cpu_seconds);
@@ -227,6 +265,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let write_started = Instant::now();
     write_paced(
         &args.target.database_url,
+        room,
         args.writers,
         args.rate,
         args.seconds,
@@ -273,6 +312,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "server_bytes_per_connection": per_connection,
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "signed_in": args.sign_in_with.is_some(),
+        "stream": if args.chat { "chatRoom" } else { "changes" },
         "processes": args.processes,
         "sources": args.sources,
     });
@@ -299,6 +339,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             churn: true,
             concurrency: args.concurrency,
             sign_in_with: None,
+            chat_room: None,
         })?);
     }
     let reports: Vec<ClientReport> = children
@@ -336,10 +377,12 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
         churn: false,
         concurrency: 1,
         sign_in_with: None,
+        chat_room: None,
     })?;
     checker.wait_for("ready")?;
     wait_until_live(
         &args.target.database_url,
+        None,
         std::slice::from_mut(&mut checker),
     )
     .await?;
@@ -356,10 +399,7 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
             }
             for seq in 1..=n as i64 {
                 client
-                    .execute(
-                        "INSERT INTO loadgen_events (writer, seq) VALUES ($1, $2)",
-                        &[&(writer as i32), &seq],
-                    )
+                    .execute(&insert_sql(None), &[&(writer as i32), &seq])
                     .await?;
             }
             anyhow::Ok(())
@@ -402,9 +442,27 @@ async fn prepare_table(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(db)
 }
 
+/// The statement that writes row (or message) `seq` of `writer` ($1, $2):
+/// into the table, or as a message to chat room `room`.
+fn insert_sql(room: Option<i64>) -> String {
+    match room {
+        None => format!("INSERT INTO {TABLE} (writer, seq) VALUES ($1, $2)"),
+        Some(room) => format!(
+            "INSERT INTO tidewire.messages (room_id, author_id, body)
+             VALUES ({room}, 'bench-writer', 'writer=' || $1::int || ' seq=' || $2::bigint)"
+        ),
+    }
+}
+
 /// `writers` connections together commit `rate` rows a second for
 /// `seconds`; each writer numbers its rows 1, 2, 3 … in commit order.
-async fn write_paced(url: &str, writers: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
+async fn write_paced(
+    url: &str,
+    room: Option<i64>,
+    writers: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let total = rate * seconds;
     let mut tasks = Vec::new();
     for writer in 0..writers {
@@ -415,16 +473,12 @@ async fn write_paced(url: &str, writers: usize, rate: u64, seconds: u64) -> anyh
             let client = tidewire::db::connect_once(&url).await?;
             // Durability is not under test; the pipeline is.
             client.batch_execute("SET synchronous_commit = off").await?;
+            let insert = client.prepare(&insert_sql(room)).await?;
             let start = Instant::now();
             for seq in 1..=share as i64 {
                 let due = start + Duration::from_secs_f64((seq - 1) as f64 / per_second);
                 tokio::time::sleep_until(due.into()).await;
-                client
-                    .execute(
-                        "INSERT INTO loadgen_events (writer, seq) VALUES ($1, $2)",
-                        &[&(writer as i32), &seq],
-                    )
-                    .await?;
+                client.execute(&insert, &[&(writer as i32), &seq]).await?;
             }
             anyhow::Ok(())
         }));
@@ -440,18 +494,19 @@ async fn write_paced(url: &str, writers: usize, rate: u64, seconds: u64) -> anyh
 /// join the hub a moment later, and a stream without `after` starts with
 /// the next commit: a fixed pause would lose rows on a busy machine. Bounded
 /// by the clients' own timeout, after which they print their report instead.
-async fn wait_until_live(url: &str, children: &mut [Child]) -> anyhow::Result<()> {
+async fn wait_until_live(
+    url: &str,
+    room: Option<i64>,
+    children: &mut [Child],
+) -> anyhow::Result<()> {
     let db = tidewire::db::connect_once(url)
         .await
         .context("connecting to the database")?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let prober = tokio::spawn(async move {
         loop {
-            db.execute(
-                "INSERT INTO loadgen_events (writer, seq) VALUES ($1, 0)",
-                &[&PROBE_WRITER],
-            )
-            .await?;
+            db.execute(&insert_sql(room), &[&PROBE_WRITER, &0i64])
+                .await?;
             tokio::select! {
                 _ = &mut stopped => return anyhow::Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -541,6 +596,9 @@ fn spawn_client(args: &ClientArgs) -> anyhow::Result<Child> {
     if let Some(secret) = &args.sign_in_with {
         command.arg("--sign-in-with").arg(secret);
     }
+    if let Some(room) = args.chat_room {
+        command.arg("--chat-room").arg(room.to_string());
+    }
     let mut process = command.stdout(Stdio::piped()).spawn()?;
     let stdout = process.stdout.take().context("no stdout")?;
     Ok(Child {
@@ -573,8 +631,9 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|secret| user_token(secret, &format!("bench-{}-{i}", args.source_offset)))
             .transpose()?;
+        let room = args.chat_room;
         connecting.push(tokio::spawn(async move {
-            let result = open(server, source, token).await;
+            let result = open(server, source, token, room).await;
             drop(permit);
             match result {
                 Ok(ws) => Some(ws),
@@ -616,8 +675,9 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for ws in sockets {
         let (writers, expect, stats) = (args.writers, args.expect, stats.clone());
+        let keys = Keys::of(args.chat_room);
         readers.push(tokio::spawn(read_deliveries(
-            ws, writers, expect, deadline, stats,
+            ws, keys, writers, expect, deadline, stats,
         )));
     }
     for reader in readers {
@@ -667,6 +727,7 @@ async fn open(
     server: SocketAddrV4,
     source: Ipv4Addr,
     token: Option<String>,
+    room: Option<i64>,
 ) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
@@ -698,13 +759,45 @@ async fn open(
     }
     // Identical, with `cursor`: the server runs one shared execution for
     // all of them, as it does for real clients that can resume.
-    let subscribe = json!({
-        "id": "1",
-        "type": "subscribe",
-        "payload": {"query": format!("subscription {{ changes(table: \"{TABLE}\") {{ cursor row committedAt }} }}")}
-    });
+    let query = match room {
+        None => {
+            format!("subscription {{ changes(table: \"{TABLE}\") {{ cursor row committedAt }} }}")
+        }
+        Some(room) => {
+            format!("subscription {{ chatRoom(roomId: \"{room}\") {{ cursor text createdAt }} }}")
+        }
+    };
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
     ws.send(Message::text(subscribe.to_string())).await?;
     Ok(ws)
+}
+
+/// Where a delivery says which writer wrote it, its sequence number, and
+/// when it was stored.
+#[derive(Clone, Copy)]
+struct Keys {
+    writer: &'static str,
+    seq: &'static str,
+    at: &'static str,
+}
+
+impl Keys {
+    fn of(room: Option<i64>) -> Keys {
+        match room {
+            // A row of the table: {"writer":1,"seq":2,…}, and its commit time.
+            None => Keys {
+                writer: "\"writer\":",
+                seq: "\"seq\":",
+                at: "\"committedAt\":\"",
+            },
+            // A message whose text is "writer=1 seq=2", and when it was stored.
+            Some(_) => Keys {
+                writer: "writer=",
+                seq: " seq=",
+                at: "\"createdAt\":\"",
+            },
+        }
+    }
 }
 
 /// Counters shared by one process's sockets.
@@ -743,6 +836,7 @@ impl Default for Stats {
 /// that arrives is counted, so a duplicate shows in `received` as well.
 async fn read_deliveries(
     mut ws: Socket,
+    keys: Keys,
     writers: usize,
     expect: u64,
     deadline: Instant,
@@ -766,9 +860,9 @@ async fn read_deliveries(
         let Message::Text(text) = frame else { continue };
         let now = unix_us();
         let (Some(writer), Some(seq), Some(committed)) = (
-            field_i64(&text, "\"writer\":"),
-            field_i64(&text, "\"seq\":"),
-            field_str(&text, "\"committedAt\":\""),
+            field_i64(&text, keys.writer),
+            field_i64(&text, keys.seq),
+            field_str(&text, keys.at),
         ) else {
             continue;
         };

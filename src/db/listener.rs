@@ -29,6 +29,9 @@ pub(super) const CHANNEL: &str = "tidewire";
 /// Channel of session revocations (`signOut`, `revokeSessions`); payload
 /// `{"sid": …}` or `{"user": …}`.
 pub const REVOKED_CHANNEL: &str = "tidewire_revoked";
+/// Channel of the ephemeral bus between nodes (presence, typing); see
+/// `services::bus`.
+pub const BUS_CHANNEL: &str = "tidewire_bus";
 
 /// Listener state shared with health checks and metrics.
 #[derive(Debug, Default)]
@@ -69,11 +72,13 @@ pub trait ChangeSink: Send + Sync {
     fn published(&self) -> Cursor;
 }
 
-/// Where the listener hands revocation notices (`tidewire_revoked`).
-pub trait RevocationSink: Send + Sync {
-    /// A notice's payload, as sent by `signOut` / `revokeSessions`.
+/// Where the listener hands the notices of a side channel (revocations on
+/// `tidewire_revoked`, the bus on `tidewire_bus`): messages that are not
+/// in the log, so one sent while the listener was away is gone.
+pub trait NoticeSink: Send + Sync {
+    /// A notice's payload, as its sender wrote it.
     fn heard(&self, payload: &str);
-    /// The listener reconnected: notices sent meanwhile were not heard.
+    /// The listener (re)connected: notices sent meanwhile were not heard.
     fn may_have_missed(&self);
 }
 
@@ -84,7 +89,8 @@ pub struct Listener {
     pub limit: PageLimit,
     pub backoff: Duration,
     pub backoff_max: Duration,
-    pub revocations: Arc<dyn RevocationSink>,
+    /// Side channels to LISTEN on too, and where their notices go.
+    pub notices: Vec<(&'static str, Arc<dyn NoticeSink>)>,
 }
 
 impl Listener {
@@ -134,14 +140,18 @@ impl Listener {
         // connection future would drop the notifications.
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
-        let revocations = self.revocations.clone();
+        let notices = self.notices.clone();
         let mut driver = tokio::spawn(async move {
             loop {
                 match poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == REVOKED_CHANNEL => {
-                        revocations.heard(n.payload());
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                        waker.notify_one()
                     }
-                    Some(Ok(AsyncMessage::Notification(_))) => waker.notify_one(),
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if let Some((_, sink)) = notices.iter().find(|(c, _)| *c == n.channel()) {
+                            sink.heard(n.payload());
+                        }
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return DbError::from(error),
                     None => return DbError::Config("listener connection closed".into()),
@@ -149,11 +159,15 @@ impl Listener {
             }
         });
         let result = async {
-            client
-                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {REVOKED_CHANNEL}"))
-                .await?;
-            // Revocations sent while we were away were not heard.
-            self.revocations.may_have_missed();
+            let mut listen = format!("LISTEN {CHANNEL};");
+            for (channel, _) in &self.notices {
+                listen.push_str(&format!(" LISTEN {channel};"));
+            }
+            client.batch_execute(&listen).await?;
+            // Notices sent while we were away were not heard.
+            for (_, sink) in &self.notices {
+                sink.may_have_missed();
+            }
             let reader = OwnLogReader::prepare(&client).await?;
             loop {
                 self.drain(&reader, last).await?;

@@ -13,7 +13,9 @@ mod watchdog;
 
 pub use change_log::{Change, ChangeLog, Op, Page, PageLimit, TrackedTable};
 pub use cursor::{BadCursor, Cursor};
-pub use listener::{ChangeSink, Listener, ListenerStatus, RevocationSink, REVOKED_CHANNEL};
+pub use listener::{
+    ChangeSink, Listener, ListenerStatus, NoticeSink, BUS_CHANNEL, REVOKED_CHANNEL,
+};
 pub use migrate::migrate;
 pub use pool::{connect_log_pool, connect_once, connect_pool, ensure_database};
 pub use retention::Pruner;

@@ -158,11 +158,12 @@ pub fn sharing(log: ChangeLog) -> ShareRule {
             };
             let candidates = log.tracked_table(name).await.ok()?;
             let tracked = resolve(name, candidates, query.viewer.as_ref()).ok()?;
-            match access(&tracked, query.viewer.as_ref()).ok()? {
-                None if tracked.public => Some(Visibility::Anyone),
-                None => Some(Visibility::Role(Role::Admin)),
-                Some(owner) => Some(Visibility::Owner(owner.user)),
-            }
+            let visibility = match access(&tracked, query.viewer.as_ref()).ok()? {
+                None if tracked.public => Visibility::Anyone,
+                None => Visibility::Role(Role::Admin),
+                Some(owner) => Visibility::Owner(owner.user),
+            };
+            Some(visibility.into())
         })
     })
 }

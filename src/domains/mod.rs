@@ -3,8 +3,10 @@
 
 pub mod accounts;
 pub mod changes;
+pub mod chat;
 pub mod countdown;
 pub mod dashboard;
+pub mod game;
 pub mod notifications;
 pub mod stocks;
 
@@ -19,6 +21,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most fields a query may select.
     pub max_complexity: usize,
+    /// Longest chat message, in characters.
+    pub max_chat_message_chars: usize,
     /// Longest `countdown(seconds)`.
     pub max_countdown: i32,
     /// Size and nesting of a query's text, checked before parsing.

@@ -239,7 +239,7 @@ pub fn sharing() -> ShareRule {
             query.argument("after"),
             query.argument("userId"),
         ) {
-            (Some(viewer), None, None) => Some(Visibility::Owner(viewer.user_id.clone())),
+            (Some(viewer), None, None) => Some(Visibility::Owner(viewer.user_id.clone()).into()),
             _ => None,
         };
         Box::pin(std::future::ready(visibility))

@@ -133,6 +133,30 @@ pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         state.countdowns.running() as u64,
     );
     gauge(
+        "tidewire_room_presence_entries",
+        "(room, user) pairs with a chatRoom stream on this node.",
+        "gauge",
+        state.rooms.presence_entries() as u64,
+    );
+    gauge(
+        "tidewire_room_typing_entries",
+        "Typing flags held (from every node) until they expire.",
+        "gauge",
+        state.rooms.typing_entries() as u64,
+    );
+    gauge(
+        "tidewire_room_watches",
+        "Rooms whose presence or typing a subscriber on this node watches (one per room and kind).",
+        "gauge",
+        state.rooms.watched_rooms() as u64,
+    );
+    gauge(
+        "tidewire_membership_watches",
+        "(room, user) memberships whose end would end a stream on this node.",
+        "gauge",
+        state.memberships.watched() as u64,
+    );
+    gauge(
         "tidewire_hub_topics",
         "Topics with at least one subscriber.",
         "gauge",

@@ -39,10 +39,11 @@ pub use subscription::Operations;
 use crate::{
     auth::{AuthError, Verifier},
     db::ListenerStatus,
+    domains::chat::Memberships,
     error::{with_codes, ErrorCode},
     graphql::TidewireSchema,
     hub::Hub,
-    services::{is_revoked, Countdowns, Revocations, SessionCheckError, Traffic},
+    services::{is_revoked, Countdowns, Revocations, Rooms, SessionCheckError, Traffic},
 };
 
 /// Everything a request handler may need.
@@ -80,6 +81,10 @@ pub struct AppState {
     pub operations: Arc<Operations>,
     /// Running countdowns (a metric).
     pub countdowns: Arc<Countdowns>,
+    /// Chat rooms' presence and typing (metrics).
+    pub rooms: Arc<Rooms>,
+    /// Members' chat streams (metrics).
+    pub memberships: Arc<Memberships>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
     /// Requests served (for the dashboard's rate).

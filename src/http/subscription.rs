@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use async_graphql::Request;
+use async_graphql::{Pos, Request, Response};
 use futures_util::StreamExt;
 
 use super::{
@@ -22,6 +22,7 @@ use crate::{
     error::with_codes,
     fanout::{failed_to_start, serialize, serialize_errors, Fanout, Member},
     hub::{CatchupLane, Hub, RingRecvError},
+    sharing::Lease,
 };
 
 /// What every operation of the server runs with: the fan-out and the hub,
@@ -77,10 +78,13 @@ impl Subscription {
         // count tells which subscriptions will see the next commit.
         let _running = Running::new(&self.operations);
         let result = match shape {
-            Some(shape) => {
+            Some((shape, lease)) => {
                 drop(request);
                 let member = self.operations.fanout.join(shape);
-                self.shared(member).await
+                match lease {
+                    None => self.shared(member).await,
+                    Some(lease) => Box::pin(self.leased(member, lease)).await,
+                }
             }
             None => {
                 let request = request.data(self.address);
@@ -151,6 +155,23 @@ impl Subscription {
             complete: true,
             rejoined: false,
         })
+    }
+
+    /// A member granted its class under a lease: shared until the lease
+    /// ends, then an error item (as a stream of its own would end) and
+    /// `complete`.
+    async fn leased(&self, member: Member, lease: Lease) -> Result<bool, Closed> {
+        let _hold = lease.hold;
+        tokio::select! {
+            result = self.shared(member) => result,
+            error = lease.ended => {
+                let response = Response::from_errors(vec![error.into_server_error(Pos::default())]);
+                self.outbox
+                    .text(self.frames.next(&self.quoted_id, &serialize(&response)))
+                    .await?;
+                Ok(true)
+            }
+        }
     }
 
     /// A member of a shared execution: splice the id into shared bytes.

@@ -4,7 +4,7 @@
 use deadpool_postgres::Pool;
 use tokio::sync::broadcast;
 
-use crate::db::RevocationSink;
+use crate::db::NoticeSink;
 
 /// A revocation heard from the database, for every open connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Revocations {
     }
 }
 
-impl RevocationSink for Revocations {
+impl NoticeSink for Revocations {
     fn heard(&self, payload: &str) {
         if let Some(revocation) = Revocation::parse(payload) {
             let _ = self.0.send(revocation);

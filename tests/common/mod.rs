@@ -533,7 +533,19 @@ impl GqlClient {
     /// The next result for subscription `id`: its `payload` (data and/or
     /// errors).
     pub async fn next_payload(&mut self, id: &str) -> Value {
-        let message = match self.pending.iter().position(|m| m["id"] == id) {
+        let message = self.next_for(id).await;
+        match message["type"].as_str() {
+            Some("next" | "data") => message["payload"].clone(),
+            // graphql-transport-ws: the operation failed before any result.
+            Some("error") => json!({ "errors": message["payload"] }),
+            _ => panic!("unexpected message for {id}: {message}"),
+        }
+    }
+
+    /// The next message for operation `id` (others read meanwhile wait
+    /// their turn).
+    pub async fn next_for(&mut self, id: &str) -> Value {
+        match self.pending.iter().position(|m| m["id"] == id) {
             Some(i) => self.pending.remove(i).unwrap(),
             None => loop {
                 let message = self.read_message(WAIT).await.expect("no message in time");
@@ -542,13 +554,19 @@ impl GqlClient {
                 }
                 self.pending.push_back(message);
             },
-        };
-        match message["type"].as_str() {
-            Some("next" | "data") => message["payload"].clone(),
-            // graphql-transport-ws: the operation failed before any result.
-            Some("error") => json!({ "errors": message["payload"] }),
-            _ => panic!("unexpected message for {id}: {message}"),
         }
+    }
+
+    /// Runs a query or mutation over the socket as operation `id`: its
+    /// one result's payload, after which the server completes it.
+    pub async fn request(&mut self, id: &str, query: &str, variables: Value) -> Value {
+        self.subscribe(id, query, variables).await;
+        let payload = self.next_payload(id).await;
+        if payload.get("data").is_some() {
+            let complete = self.next_for(id).await;
+            assert_eq!(complete["type"], "complete", "{complete}");
+        }
+        payload
     }
 
     /// The next data item of subscription `id` under `field`; fails on errors.
