@@ -228,7 +228,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             // The users `client` signs in as: bench-<source offset>-<i>.
             db.execute(
                 "INSERT INTO tidewire.room_members (room_id, user_id)
-                 SELECT $1, 'bench-' || $2::text || '-' || g FROM generate_series(0, $3 - 1) g",
+                 SELECT $1, 'bench-' || $2::text || '-' || g FROM generate_series(0, $3::bigint - 1) g",
                 &[&room, &(i as u8 * sources_each).to_string(), &n],
             )
             .await?;
