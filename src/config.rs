@@ -188,6 +188,10 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_PUBLIC_ORIGIN")]
     pub public_origin: Option<String>,
 
+    /// Most rows a `liveRows` set may hold; a larger one is refused.
+    #[arg(long, env = "TIDEWIRE_MAX_LIVE_ROWS", default_value_t = 100_000)]
+    pub max_live_rows: usize,
+
     /// Longest chat message (`sendMessage`), in characters.
     #[arg(long, env = "TIDEWIRE_MAX_CHAT_MESSAGE_CHARS", default_value_t = 4000)]
     pub max_chat_message_chars: usize,

@@ -15,6 +15,7 @@ use crate::{
         chat::{ChatMutation, ChatQuery, ChatSubscription, Memberships},
         dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription},
         game::{GameMutation, GameQuery, GameSubscription},
+        live_rows::LiveRowsSubscription,
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
     },
@@ -47,6 +48,7 @@ pub struct Subscription(
     StocksSubscription,
     DashboardSubscription,
     ChatSubscription,
+    LiveRowsSubscription,
     GameSubscription,
 );
 

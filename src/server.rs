@@ -197,6 +197,7 @@ impl App {
                 max_complexity: self.config.max_complexity,
                 max_countdown: self.config.max_countdown,
                 max_chat_message_chars: self.config.max_chat_message_chars,
+                max_live_rows: self.config.max_live_rows,
                 query: query_limits,
                 max_where_bytes: self.config.max_where_bytes,
                 max_where_conditions: self.config.max_where_conditions,

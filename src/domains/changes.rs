@@ -107,20 +107,11 @@ impl ChangesSubscription {
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         let limits = ctx.data_unchecked::<Limits>();
         let after = super::start_after(ctx, after)?;
-        let viewer = ctx.data_opt::<Viewer>();
-        let candidates = log.tracked_table(&table).await.map_err(database)?;
-        let tracked = resolve(&table, candidates, viewer)?;
-        let owner = access(&tracked, viewer)?;
-        let mut bounds = RowFilter::DEFAULT_LIMITS;
-        bounds.max_bytes = limits.max_where_bytes;
-        bounds.max_conditions = limits.max_where_conditions;
-        bounds.max_in_values = limits.max_where_in_values;
-        let filter = filter
-            .map(|Json(value)| {
-                RowFilter::parse_within(&value, &tracked.name, &tracked.columns, &bounds)
-            })
-            .transpose()
-            .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
+        let Readable {
+            tracked,
+            owner,
+            filter,
+        } = readable(ctx, &table, filter).await?;
 
         let feed = Feed::new(log, hub.subscribe(&tracked.topic), after, limits.page)
             .queued_as(super::catchup_client(ctx));
@@ -201,15 +192,57 @@ fn resolve(
     }
 }
 
+/// A tracked table as the caller may read it: all of it, or their own rows
+/// (`owner`), through an optional `where` filter.
+pub(super) struct Readable {
+    pub(super) tracked: TrackedTable,
+    pub(super) owner: Option<Owner>,
+    pub(super) filter: Option<RowFilter>,
+}
+
+/// Resolves `table` for the caller: `BAD_USER_INPUT` for an untracked or
+/// ambiguous name or a bad filter, `UNAUTHENTICATED` / `FORBIDDEN` when
+/// they may not read it.
+pub(super) async fn readable(
+    ctx: &Context<'_>,
+    table: &str,
+    filter: Option<Json<Value>>,
+) -> Result<Readable> {
+    let limits = ctx.data_unchecked::<Limits>();
+    let viewer = ctx.data_opt::<Viewer>();
+    let candidates = ctx
+        .data_unchecked::<ChangeLog>()
+        .tracked_table(table)
+        .await
+        .map_err(database)?;
+    let tracked = resolve(table, candidates, viewer)?;
+    let owner = access(&tracked, viewer)?;
+    let mut bounds = RowFilter::DEFAULT_LIMITS;
+    bounds.max_bytes = limits.max_where_bytes;
+    bounds.max_conditions = limits.max_where_conditions;
+    bounds.max_in_values = limits.max_where_in_values;
+    let filter = filter
+        .map(|Json(value)| {
+            RowFilter::parse_within(&value, &tracked.name, &tracked.columns, &bounds)
+        })
+        .transpose()
+        .map_err(|e| ErrorCode::BadUserInput.error(e.to_string()))?;
+    Ok(Readable {
+        tracked,
+        owner,
+        filter,
+    })
+}
+
 /// An owner-scoped viewer: `user` reads the rows whose `column` holds
 /// their id.
-struct Owner {
+pub(super) struct Owner {
     column: String,
     user: String,
 }
 
 impl Owner {
-    fn owns(&self, row: &Value) -> bool {
+    pub(super) fn owns(&self, row: &Value) -> bool {
         match row.get(&self.column) {
             Some(Value::String(owner)) => *owner == self.user,
             Some(Value::Number(owner)) => owner.to_string() == self.user,

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod countdown;
 pub mod dashboard;
 pub mod game;
+pub mod live_rows;
 pub mod notifications;
 pub mod stocks;
 
@@ -21,6 +22,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most fields a query may select.
     pub max_complexity: usize,
+    /// Most rows a `liveRows` set may hold.
+    pub max_live_rows: usize,
     /// Longest chat message, in characters.
     pub max_chat_message_chars: usize,
     /// Longest `countdown(seconds)`.
