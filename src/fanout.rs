@@ -44,7 +44,7 @@ use crate::{
     graphql::TidewireSchema,
     hub::{CatchupLane, Hub, ResumeAfter, Ring, RingReceiver, RingRecvError},
     request_guard::QueryLimits,
-    sharing::{Lease, ShareQuery, SharingRules, Visibility},
+    sharing::{Lease, ShareQuery, SharingRules, StartAlone, Visibility},
 };
 
 /// What identifies a shared execution.
@@ -58,6 +58,9 @@ pub struct Shape {
     visibility: Visibility,
     /// The root field's key in `data` (its alias or name).
     response_key: String,
+    /// Members read their start alone; the group executes from the live
+    /// position (see `sharing::StartAlone`).
+    starts_alone: bool,
 }
 
 impl Shape {
@@ -82,13 +85,18 @@ impl Shape {
         self.request().data(ResumeAfter(after)).data(client)
     }
 
-    /// The cursor of a result: the root field's `cursor`, which a shared
-    /// selection always includes.
-    pub fn cursor_of(&self, response: &Response) -> Option<Cursor> {
+    /// The root field's value in a result.
+    pub fn item_of<'a>(&self, response: &'a Response) -> Option<&'a GqlValue> {
         let GqlValue::Object(data) = &response.data else {
             return None;
         };
-        let GqlValue::Object(item) = data.get(self.response_key.as_str())? else {
+        data.get(self.response_key.as_str())
+    }
+
+    /// The cursor of a result: the root field's `cursor`, which a shared
+    /// selection always includes.
+    pub fn cursor_of(&self, response: &Response) -> Option<Cursor> {
+        let GqlValue::Object(item) = self.item_of(response)? else {
             return None;
         };
         match item.get("cursor")? {
@@ -230,7 +238,7 @@ impl Fanout {
         &self,
         request: &Request,
         viewer: Option<&Viewer>,
-    ) -> Option<(Shape, Option<Lease>)> {
+    ) -> Option<(Shape, Option<Lease>, Option<StartAlone>)> {
         self.query_limits.check(&request.query).ok()?;
         let document = parse_query(&request.query).ok()?;
         let operation = match &request.operation_name {
@@ -305,8 +313,9 @@ impl Fanout {
             variables,
             visibility: share.visibility,
             response_key: field.response_key().node.to_string(),
+            starts_alone: share.start_alone.is_some(),
         };
-        Some((shape, share.lease))
+        Some((shape, share.lease, share.start_alone))
     }
 
     /// Joins the group of `shape`, starting its execution if it has none.
@@ -330,7 +339,13 @@ impl Fanout {
                     members: AtomicUsize::new(0),
                     task: Mutex::new(None),
                 });
-                let task = tokio::spawn(self.clone().execute(shape.clone(), group.clone()));
+                // A group whose members start alone runs from here on.
+                let live_from = shape.starts_alone.then_some(start);
+                let task = tokio::spawn(self.clone().execute(
+                    shape.clone(),
+                    group.clone(),
+                    live_from,
+                ));
                 *group.task.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(task.abort_handle());
                 groups.insert(shape.clone(), group.clone());
@@ -349,10 +364,20 @@ impl Fanout {
         }
     }
 
-    /// Runs one shared execution until its stream ends or its members left.
-    async fn execute(self: Arc<Self>, shape: Arc<Shape>, group: Arc<Group>) {
+    /// Runs one shared execution until its stream ends or its members left;
+    /// from `live_from` when its members start alone.
+    async fn execute(
+        self: Arc<Self>,
+        shape: Arc<Shape>,
+        group: Arc<Group>,
+        live_from: Option<Cursor>,
+    ) {
         self.count_execution();
-        let mut stream = self.schema.execute_stream(shape.request()).peekable();
+        let request = match live_from {
+            Some(cursor) => shape.request().data(ResumeAfter(cursor)),
+            None => shape.request(),
+        };
+        let mut stream = self.schema.execute_stream(request).peekable();
         let mut first = true;
         while let Some(response) = stream.next().await {
             let response = with_codes(response);

@@ -118,6 +118,10 @@ pub fn sharing_rules(services: &Services) -> SharingRules {
         )
         .with("notifications", crate::domains::notifications::sharing())
         .with(
+            "liveRows",
+            crate::domains::live_rows::sharing(services.log.clone()),
+        )
+        .with(
             "chatRoom",
             crate::domains::chat::sharing(
                 services.pool.clone(),

@@ -78,6 +78,10 @@ impl ShareQuery {
 pub struct Share {
     pub visibility: Visibility,
     pub lease: Option<Lease>,
+    /// For a stream that starts with state of its own (a snapshot): each
+    /// member reads its start alone, and takes the group's items once this
+    /// says an item of its own completes the start (see [`StartAlone`]).
+    pub start_alone: Option<StartAlone>,
 }
 
 impl From<Visibility> for Share {
@@ -85,9 +89,16 @@ impl From<Visibility> for Share {
         Share {
             visibility,
             lease: None,
+            start_alone: None,
         }
     }
 }
+
+/// Whether an item (the root field's value) completes a member's own
+/// start. The group of such a field executes from the live position, with
+/// no start; a member joins the group first, reads its start alone up to
+/// that item, then receives the group's items after the item's cursor.
+pub type StartAlone = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
 /// A member's hold on a shared stream it was granted under conditions.
 pub struct Lease {

@@ -410,3 +410,51 @@ async fn live_rows_follow_the_read_rules_of_changes() {
     let refused = ann.next_payload("bad").await;
     assert_eq!(refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 }
+
+#[tokio::test]
+async fn identical_live_sets_share_one_execution_after_their_own_snapshots() {
+    let server = TestServer::start().await;
+    items_table(&server, 1000).await;
+    let filter = json!({"n": {"_lt": IN_SET}});
+    let mut clients = Vec::new();
+    let mut sets = Vec::new();
+    for _ in 0..3 {
+        let mut client = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+        client
+            .subscribe("live", LIVE, json!({"table": "items", "where": filter}))
+            .await;
+        let mut set = Materialized::default();
+        while !set.ready {
+            set.apply(&client.next_item("live", "liveRows").await);
+        }
+        // A change between two members' snapshots: the later one has it in
+        // its snapshot, the earlier ones as a change.
+        server
+            .sql(&format!("UPDATE items SET n = 0 WHERE id = {}", 50 + clients.len()))
+            .await;
+        clients.push(client);
+        sets.push(set);
+    }
+    // One execution follows the changes for all three; their own feeds
+    // ended with their snapshots.
+    wait_for_metric(&server, "tidewire_shared_executions", |v| v == 1.0).await;
+    wait_for_metric(&server, "tidewire_hub_subscribers", |v| v == 1.0).await;
+    let executions = server.metric("tidewire_subscription_executions_total").await;
+    server
+        .sql("UPDATE items SET n = n + 30 WHERE id BETWEEN 1 AND 60")
+        .await;
+    server.sql("DELETE FROM items WHERE id % 7 = 0").await;
+    server
+        .sql(&format!("INSERT INTO items (id, n) VALUES ({SENTINEL}, 0)"))
+        .await;
+    let expected = expected(&server).await;
+    for (client, set) in clients.iter_mut().zip(&mut sets) {
+        until_sentinel(client, "live", set).await;
+        assert!(set.rows == expected, "a member's set differs from the table");
+    }
+    assert_eq!(
+        server.metric("tidewire_subscription_executions_total").await,
+        executions,
+        "changes ran no execution per member"
+    );
+}

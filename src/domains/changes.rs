@@ -140,22 +140,26 @@ impl ChangesSubscription {
 pub fn sharing(log: ChangeLog) -> ShareRule {
     Arc::new(move |query: ShareQuery| {
         let log = log.clone();
-        Box::pin(async move {
-            if query.argument("after").is_some() {
-                return None;
-            }
-            let Some(async_graphql::Value::String(name)) = query.argument("table") else {
-                return None;
-            };
-            let candidates = log.tracked_table(name).await.ok()?;
-            let tracked = resolve(name, candidates, query.viewer.as_ref()).ok()?;
-            let visibility = match access(&tracked, query.viewer.as_ref()).ok()? {
-                None if tracked.public => Visibility::Anyone,
-                None => Visibility::Role(Role::Admin),
-                Some(owner) => Visibility::Owner(owner.user),
-            };
-            Some(visibility.into())
-        })
+        Box::pin(async move { class(&log, &query).await.map(Into::into) })
+    })
+}
+
+/// The class that may read the table a `changes` or `liveRows` query
+/// names, if it can be shared: not resuming (`after`), a table the viewer
+/// may read.
+pub(super) async fn class(log: &ChangeLog, query: &ShareQuery) -> Option<Visibility> {
+    if query.argument("after").is_some() {
+        return None;
+    }
+    let Some(async_graphql::Value::String(name)) = query.argument("table") else {
+        return None;
+    };
+    let candidates = log.tracked_table(name).await.ok()?;
+    let tracked = resolve(name, candidates, query.viewer.as_ref()).ok()?;
+    Some(match access(&tracked, query.viewer.as_ref()).ok()? {
+        None if tracked.public => Visibility::Anyone,
+        None => Visibility::Role(Role::Admin),
+        Some(owner) => Visibility::Owner(owner.user),
     })
 }
 

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, Enum, Json, Result, SimpleObject, Subscription};
+use async_graphql::{Context, Enum, Json, Result, SimpleObject, Subscription, Value as GqlValue};
 use deadpool_postgres::{Object, Pool};
 use futures_util::{future, stream, Stream, StreamExt};
 use serde_json::Value;
@@ -28,6 +28,7 @@ use crate::{
     db::{Change, ChangeLog, Cursor, TrackedTable},
     error::{cursor_expired, database, ErrorCode},
     hub::{Feed, Hub, RowFilter, Turn},
+    sharing::{Share, ShareQuery, ShareRule, StartAlone},
 };
 
 /// Most rows in one `SNAPSHOT` item.
@@ -145,6 +146,30 @@ impl LiveRowsSubscription {
             future::ready(Some(item))
         }))
     }
+}
+
+/// `liveRows` without `after` is shared by the class that may read the
+/// table, as `changes` is — the changes after the snapshot, that is: each
+/// member reads its own snapshot, up to `READY`, then takes the group's
+/// items after `READY`'s cursor.
+pub fn sharing(log: ChangeLog) -> ShareRule {
+    let ready: StartAlone = Arc::new(|item: &GqlValue| {
+        let GqlValue::Object(item) = item else {
+            return false;
+        };
+        matches!(item.get("kind"), Some(GqlValue::Enum(kind)) if kind.as_str() == "READY")
+    });
+    Arc::new(move |query: ShareQuery| {
+        let (log, ready) = (log.clone(), ready.clone());
+        Box::pin(async move {
+            let visibility = super::changes::class(&log, &query).await?;
+            Some(Share {
+                visibility,
+                lease: None,
+                start_alone: Some(ready),
+            })
+        })
+    })
 }
 
 /// Which rows belong to a subscriber's set.

@@ -22,7 +22,7 @@ use crate::{
     error::with_codes,
     fanout::{failed_to_start, serialize, serialize_errors, Fanout, Member},
     hub::{CatchupLane, Hub, RingRecvError},
-    sharing::Lease,
+    sharing::{Lease, StartAlone},
 };
 
 /// What every operation of the server runs with: the fan-out and the hub,
@@ -78,24 +78,30 @@ impl Subscription {
         // count tells which subscriptions will see the next commit.
         let _running = Running::new(&self.operations);
         let result = match shape {
-            Some((shape, lease)) => {
-                drop(request);
+            Some((shape, lease, start_alone)) => {
+                // Joined first: the group's items from here on wait in its
+                // ring while a member reads its own start.
                 let member = self.operations.fanout.join(shape);
+                let run = async {
+                    match start_alone {
+                        None => {
+                            drop(request);
+                            self.shared(member).await
+                        }
+                        Some(ready) => {
+                            let own = self.own_request(request);
+                            Box::pin(self.start_then_share(own, member, ready)).await
+                        }
+                    }
+                };
                 match lease {
-                    None => self.shared(member).await,
-                    Some(lease) => Box::pin(self.leased(member, lease)).await,
+                    None => run.await,
+                    Some(lease) => Box::pin(self.leased(run, lease)).await,
                 }
             }
-            None => {
-                let request = request.data(self.address);
-                let request = match &self.viewer {
-                    Some(viewer) => request.data(Viewer::clone(viewer)),
-                    None => request,
-                };
-                Box::pin(self.alone(request, None))
-                    .await
-                    .map(|end| end.complete)
-            }
+            None => Box::pin(self.alone(self.own_request(request), None))
+                .await
+                .map(|end| end.complete),
         };
         if let Ok(true) = result {
             let _ = self
@@ -157,13 +163,76 @@ impl Subscription {
         })
     }
 
-    /// A member granted its class under a lease: shared until the lease
+    /// `request` as this subscriber's own: with its address and viewer.
+    fn own_request(&self, request: Request) -> Request {
+        let request = request.data(self.address);
+        match &self.viewer {
+            Some(viewer) => request.data(Viewer::clone(viewer)),
+            None => request,
+        }
+    }
+
+    /// A member whose stream starts with state of its own (a snapshot):
+    /// its own execution until an item `ready` says completes the start,
+    /// and on (as a catching-up member does) until the member can rejoin
+    /// its group; then the group's items after its last cursor.
+    async fn start_then_share(
+        &self,
+        request: Request,
+        mut member: Member,
+        ready: StartAlone,
+    ) -> Result<bool, Closed> {
+        self.operations.fanout.count_execution();
+        let mut stream = self
+            .operations
+            .fanout
+            .schema()
+            .execute_stream(request)
+            .peekable();
+        let (mut first, mut started) = (true, false);
+        while let Some(response) = stream.next().await {
+            let response = with_codes(response);
+            if first && failed_to_start(&response, &mut stream) {
+                self.outbox
+                    .text(
+                        self.frames
+                            .error(&self.quoted_id, &serialize_errors(&response)),
+                    )
+                    .await?;
+                return Ok(false);
+            }
+            first = false;
+            self.outbox
+                .text(self.frames.next(&self.quoted_id, &serialize(&response)))
+                .await?;
+            started = started
+                || member
+                    .shape()
+                    .item_of(&response)
+                    .is_some_and(|item| ready(item));
+            if let Some(cursor) = member.shape().cursor_of(&response).filter(|_| started) {
+                // The group has delivered nothing after this item: its next
+                // results are what this stream would send next.
+                if member.rejoin(cursor) {
+                    drop(stream);
+                    return self.shared_from(member, cursor).await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A member granted its class under a lease: `run` until the lease
     /// ends, then an error item (as a stream of its own would end) and
     /// `complete`.
-    async fn leased(&self, member: Member, lease: Lease) -> Result<bool, Closed> {
+    async fn leased(
+        &self,
+        run: impl std::future::Future<Output = Result<bool, Closed>>,
+        lease: Lease,
+    ) -> Result<bool, Closed> {
         let _hold = lease.hold;
         tokio::select! {
-            result = self.shared(member) => result,
+            result = run => result,
             error = lease.ended => {
                 let response = Response::from_errors(vec![error.into_server_error(Pos::default())]);
                 self.outbox
@@ -175,8 +244,13 @@ impl Subscription {
     }
 
     /// A member of a shared execution: splice the id into shared bytes.
-    async fn shared(&self, mut member: Member) -> Result<bool, Closed> {
-        let mut last = member.start;
+    async fn shared(&self, member: Member) -> Result<bool, Closed> {
+        let start = member.start;
+        self.shared_from(member, start).await
+    }
+
+    /// The group's items after `last`.
+    async fn shared_from(&self, mut member: Member, mut last: Cursor) -> Result<bool, Closed> {
         loop {
             match member.recv().await {
                 Ok(item) => {

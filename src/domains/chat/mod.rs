@@ -602,6 +602,7 @@ pub fn sharing(pool: Pool, memberships: Arc<Memberships>, rooms: Arc<Rooms>) -> 
             Some(Share {
                 visibility: Visibility::Room(room),
                 lease: Some(lease),
+                start_alone: None,
             })
         })
     })
