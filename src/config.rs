@@ -192,6 +192,11 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_LIVE_ROWS", default_value_t = 100_000)]
     pub max_live_rows: usize,
 
+    /// Bytes of `liveRows` snapshots kept for a moment, so subscribers of
+    /// one set arriving together read it once; 0 keeps none.
+    #[arg(long, env = "TIDEWIRE_LIVE_SNAPSHOT_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub live_snapshot_cache_bytes: usize,
+
     /// Longest chat message (`sendMessage`), in characters.
     #[arg(long, env = "TIDEWIRE_MAX_CHAT_MESSAGE_CHARS", default_value_t = 4000)]
     pub max_chat_message_chars: usize,

@@ -15,7 +15,7 @@ use crate::{
         chat::{ChatMutation, ChatQuery, ChatSubscription, Memberships},
         dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription},
         game::{GameMutation, GameQuery, GameSubscription},
-        live_rows::LiveRowsSubscription,
+        live_rows::{LiveRowsSubscription, SnapshotCache},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
     },
@@ -81,6 +81,8 @@ pub struct Services {
     /// Chat rooms' presence and typing, and members' streams.
     pub rooms: Arc<Rooms>,
     pub memberships: Arc<Memberships>,
+    /// Snapshots of live sets, kept a moment for crowds.
+    pub live_snapshots: Arc<SnapshotCache>,
 }
 
 pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
@@ -101,6 +103,7 @@ pub fn build_schema(services: Services, limits: Limits) -> TidewireSchema {
     .data(services.traffic)
     .data(services.rooms)
     .data(services.memberships)
+    .data(services.live_snapshots)
     .data(limits);
     match services.issuer {
         Some(issuer) => schema.data(issuer).finish(),

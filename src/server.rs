@@ -23,7 +23,7 @@ use crate::{
         ListenerStatus, PageLimit, Pruner, Watchdog, BUS_CHANNEL, REVOKED_CHANNEL,
     },
     domains::Limits,
-    domains::{accounts::CredentialLimits, chat::Memberships},
+    domains::{accounts::CredentialLimits, chat::Memberships, live_rows::SnapshotCache},
     fanout::{Fanout, GroupBuffer},
     graphql::{build_schema, sharing_rules, Services},
     http::{router, serve, Admission, AppState, ConnectionLimits, Operations},
@@ -169,6 +169,7 @@ impl App {
             bytes: self.config.page_bytes,
         };
         let memberships = Memberships::new(self.hub.clone(), self.log.clone(), page);
+        let live_snapshots = Arc::new(SnapshotCache::new(self.config.live_snapshot_cache_bytes));
         let services = Services {
             log: self.log.clone(),
             hub: self.hub.clone(),
@@ -187,6 +188,7 @@ impl App {
             traffic: traffic.clone(),
             rooms: rooms.clone(),
             memberships: memberships.clone(),
+            live_snapshots: live_snapshots.clone(),
         };
         let rules = sharing_rules(&services);
         let schema = build_schema(
@@ -252,6 +254,7 @@ impl App {
             countdowns,
             rooms: rooms.clone(),
             memberships: memberships.clone(),
+            live_snapshots,
         };
         let admission = state.admission.clone();
         let presence_task = tokio::spawn(presence::run(

@@ -297,7 +297,12 @@ async fn rows_entering_and_leaving_the_filter_are_inserted_and_deleted() {
 
 #[tokio::test]
 async fn snapshots_come_in_pages_and_a_set_over_the_limit_is_refused() {
-    let server = TestServer::start_with(|config| config.max_live_rows = 1500).await;
+    // No snapshot kept: each is streamed from its own read as it goes.
+    let server = TestServer::start_with(|config| {
+        config.max_live_rows = 1500;
+        config.live_snapshot_cache_bytes = 0;
+    })
+    .await;
     items_table(&server, 2000).await;
     let mut client = GqlClient::connect(server.addr, "graphql-transport-ws").await;
     // 1,200 rows match (n < 60).
@@ -334,6 +339,7 @@ async fn snapshots_come_in_pages_and_a_set_over_the_limit_is_refused() {
         message.contains("1500") && message.contains("max-live-rows"),
         "{message}"
     );
+    // Found mid-stream: the error item ends it.
     assert_eq!(client.next_for("all").await["type"], "complete");
     // The snapshot's connection went back (or was closed): the server works on.
     client
@@ -430,7 +436,10 @@ async fn identical_live_sets_share_one_execution_after_their_own_snapshots() {
         // A change between two members' snapshots: the later one has it in
         // its snapshot, the earlier ones as a change.
         server
-            .sql(&format!("UPDATE items SET n = 0 WHERE id = {}", 50 + clients.len()))
+            .sql(&format!(
+                "UPDATE items SET n = 0 WHERE id = {}",
+                50 + clients.len()
+            ))
             .await;
         clients.push(client);
         sets.push(set);
@@ -439,7 +448,9 @@ async fn identical_live_sets_share_one_execution_after_their_own_snapshots() {
     // ended with their snapshots.
     wait_for_metric(&server, "tidewire_shared_executions", |v| v == 1.0).await;
     wait_for_metric(&server, "tidewire_hub_subscribers", |v| v == 1.0).await;
-    let executions = server.metric("tidewire_subscription_executions_total").await;
+    let executions = server
+        .metric("tidewire_subscription_executions_total")
+        .await;
     server
         .sql("UPDATE items SET n = n + 30 WHERE id BETWEEN 1 AND 60")
         .await;
@@ -450,11 +461,80 @@ async fn identical_live_sets_share_one_execution_after_their_own_snapshots() {
     let expected = expected(&server).await;
     for (client, set) in clients.iter_mut().zip(&mut sets) {
         until_sentinel(client, "live", set).await;
-        assert!(set.rows == expected, "a member's set differs from the table");
+        assert!(
+            set.rows == expected,
+            "a member's set differs from the table"
+        );
     }
     assert_eq!(
-        server.metric("tidewire_subscription_executions_total").await,
+        server
+            .metric("tidewire_subscription_executions_total")
+            .await,
         executions,
         "changes ran no execution per member"
+    );
+}
+
+#[tokio::test]
+async fn a_crowd_asking_for_one_set_reads_one_snapshot() {
+    let server = TestServer::start().await;
+    items_table(&server, 2000).await;
+    let filter = json!({"n": {"_lt": IN_SET}});
+    let reads = server.metric("tidewire_live_snapshot_reads_total").await;
+    let mut crowd = Vec::new();
+    for _ in 0..10 {
+        let mut client = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+        client
+            .subscribe("live", LIVE, json!({"table": "items", "where": filter}))
+            .await;
+        crowd.push(client);
+    }
+    let mut sets: Vec<Materialized> = Vec::new();
+    for client in &mut crowd {
+        let mut set = Materialized::default();
+        while !set.ready {
+            set.apply(&client.next_item("live", "liveRows").await);
+        }
+        sets.push(set);
+    }
+    assert_eq!(
+        server.metric("tidewire_live_snapshot_reads_total").await,
+        reads + 1.0,
+        "ten subscribers of one set, one read"
+    );
+    // A change after the kept snapshot: a late member gets the kept
+    // snapshot and the change from the log, not a second read.
+    server.sql("UPDATE items SET n = 0 WHERE id = 99").await;
+    let mut late = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+    late.subscribe("live", LIVE, json!({"table": "items", "where": filter}))
+        .await;
+    crowd.push(late);
+    let mut set = Materialized::default();
+    while !set.ready {
+        set.apply(&crowd[10].next_item("live", "liveRows").await);
+    }
+    sets.push(set);
+    assert_eq!(
+        server.metric("tidewire_live_snapshot_reads_total").await,
+        reads + 1.0
+    );
+    server
+        .sql(&format!("INSERT INTO items (id, n) VALUES ({SENTINEL}, 0)"))
+        .await;
+    let expected = expected(&server).await;
+    for (client, set) in crowd.iter_mut().zip(&mut sets) {
+        until_sentinel(client, "live", set).await;
+        assert!(set.rows == expected);
+    }
+    // Another filter is another set: its own read.
+    let mut other = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+    other
+        .subscribe("live", LIVE, json!({"table": "items", "where": {"n": 5}}))
+        .await;
+    let first = other.next_item("live", "liveRows").await;
+    assert_eq!(first["kind"], "SNAPSHOT");
+    assert_eq!(
+        server.metric("tidewire_live_snapshot_reads_total").await,
+        reads + 2.0
     );
 }

@@ -246,6 +246,11 @@ pub(super) struct Owner {
 }
 
 impl Owner {
+    /// The user whose rows these are.
+    pub(super) fn user(&self) -> &str {
+        &self.user
+    }
+
     pub(super) fn owns(&self, row: &Value) -> bool {
         match row.get(&self.column) {
             Some(Value::String(owner)) => *owner == self.user,

@@ -13,12 +13,21 @@
 //! row, one changing inside it an `UPDATE`. With `after` the changes resume
 //! from there, without a second snapshot.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
 
 use async_graphql::{Context, Enum, Json, Result, SimpleObject, Subscription, Value as GqlValue};
 use deadpool_postgres::{Object, Pool};
 use futures_util::{future, stream, Stream, StreamExt};
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use super::{
     changes::{readable, Owner, Readable},
@@ -87,26 +96,47 @@ impl LiveRowsSubscription {
         after: Option<String>,
     ) -> Result<impl Stream<Item = Result<LiveRows>>> {
         let after = super::start_after(ctx, after)?;
+        // The set's identity for the snapshot cache: table, filter (as
+        // canonical JSON: object keys sorted), whose rows.
+        let filter_key = filter.as_ref().map(|Json(value)| value.to_string());
         let Readable {
             tracked,
             owner,
             filter,
         } = readable(ctx, &table, filter).await?;
+        let key = format!(
+            "{}\n{}\n{}",
+            tracked.name,
+            filter_key.unwrap_or_default(),
+            owner.as_ref().map_or("*", |owner| owner.user())
+        );
         let limits = ctx.data_unchecked::<Limits>();
         let hub = ctx.data_unchecked::<Arc<Hub>>();
         let client = super::catchup_client(ctx);
         // Joined before the snapshot: nothing committed after it is missed.
         let subscription = hub.subscribe(&tracked.topic);
         let set = Arc::new(SetView { owner, filter });
-        let (start, snapshot) = match after {
-            Some(cursor) => (cursor, None),
+        let (start, head) = match after {
+            Some(cursor) => (cursor, Head::Resume),
             None => {
+                let pool = ctx.data_unchecked::<Pool>();
+                let cache = ctx.data_unchecked::<Arc<SnapshotCache>>();
                 // A snapshot read takes a turn like a catch-up read: a
                 // crowd starting at once cannot take every connection.
-                let turn = hub.catchup_queue().turn(&client).await;
-                let pool = ctx.data_unchecked::<Pool>();
-                let snapshot = Snapshot::begin(pool, &tracked, turn).await?;
-                (snapshot.cursor, Some(snapshot))
+                let read = async {
+                    let turn = hub.catchup_queue().turn(&client).await;
+                    let snapshot = Snapshot::begin(pool, &tracked, turn).await?;
+                    snapshot.read_whole(&set, limits.max_live_rows, cache).await
+                };
+                match cache.get_or_read(key, read).await? {
+                    Some(cached) => (cached.cursor, Head::Cached(cached)),
+                    None => {
+                        // Too large to keep: this subscriber streams its own.
+                        let turn = hub.catchup_queue().turn(&client).await;
+                        let snapshot = Snapshot::begin(pool, &tracked, turn).await?;
+                        (snapshot.cursor, Head::Stream(Box::new(snapshot)))
+                    }
+                }
             }
         };
         let feed = Feed::new(
@@ -126,16 +156,23 @@ impl LiveRowsSubscription {
                     Ok(change) => view.item(&change).map(Ok),
                 })
             });
-        let head = match snapshot {
-            Some(snapshot) => snapshot
+        let ready = stream::once(future::ready(Ok(LiveRows {
+            kind: LiveKind::Ready,
+            rows: Vec::new(),
+            cursor: start.to_string(),
+        })));
+        let head = match head {
+            Head::Stream(snapshot) => snapshot
                 .items(set, limits.max_live_rows)
-                .chain(stream::once(future::ready(Ok(LiveRows {
-                    kind: LiveKind::Ready,
-                    rows: Vec::new(),
-                    cursor: start.to_string(),
-                }))))
+                .chain(ready)
                 .boxed(),
-            None => stream::empty().boxed(),
+            Head::Cached(cached) => {
+                let cursor = cached.cursor.to_string();
+                let pages = (0..cached.pages.len())
+                    .map(move |i| Ok(snapshot_item(cached.pages[i].clone(), &cursor)));
+                stream::iter(pages).chain(ready).boxed()
+            }
+            Head::Resume => stream::empty().boxed(),
         };
         // An error (in the snapshot, or an expired cursor) ends the stream.
         Ok(head.chain(changes).scan(false, |ended, item| {
@@ -170,6 +207,106 @@ pub fn sharing(log: ChangeLog) -> ShareRule {
             })
         })
     })
+}
+
+/// How a stream starts.
+enum Head {
+    /// With `after`: no snapshot.
+    Resume,
+    /// A snapshot read for this set moments ago (maybe by another
+    /// subscriber).
+    Cached(Arc<Cached>),
+    /// A snapshot of its own, streamed as it is read.
+    Stream(Box<Snapshot>),
+}
+
+/// How long a snapshot serves subscribers of the same set: a crowd
+/// arriving together reads the table once. Later ones read the log from
+/// the snapshot's position to now, so an older snapshot costs them more.
+pub const CACHE_FOR: Duration = Duration::from_secs(2);
+
+/// A snapshot kept for a moment, in `SNAPSHOT` pages.
+pub struct Cached {
+    cursor: Cursor,
+    pages: Vec<Vec<Json<Value>>>,
+    bytes: usize,
+}
+
+/// Snapshots read in the last [`CACHE_FOR`], by set (table, filter, whose
+/// rows). Subscribers asking for a set whose snapshot is being read wait
+/// for that read instead of starting their own.
+pub struct SnapshotCache {
+    /// Most bytes of rows (as JSON) kept over all snapshots; a snapshot
+    /// that does not fit is streamed to each subscriber from its own read.
+    budget: usize,
+    entries: Mutex<HashMap<String, Arc<CacheEntry>>>,
+    /// Snapshot reads started for the cache (a metric).
+    reads: AtomicU64,
+}
+
+struct CacheEntry {
+    born: Instant,
+    /// `None`: too large to keep.
+    snapshot: OnceCell<Option<Arc<Cached>>>,
+}
+
+impl SnapshotCache {
+    pub fn new(budget: usize) -> SnapshotCache {
+        SnapshotCache {
+            budget,
+            entries: Mutex::default(),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CacheEntry>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The snapshot of set `key` read in the last [`CACHE_FOR`], or the one
+    /// being read now, or a new one from `read`.
+    async fn get_or_read(
+        &self,
+        key: String,
+        read: impl Future<Output = Result<Option<Cached>>>,
+    ) -> Result<Option<Arc<Cached>>> {
+        let entry = {
+            let mut entries = self.lock();
+            let now = Instant::now();
+            entries.retain(|_, entry| now.duration_since(entry.born) < CACHE_FOR);
+            entries
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(CacheEntry {
+                        born: now,
+                        snapshot: OnceCell::new(),
+                    })
+                })
+                .clone()
+        };
+        let snapshot = entry
+            .snapshot
+            .get_or_try_init(|| async {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, async_graphql::Error>(read.await?.map(Arc::new))
+            })
+            .await?;
+        Ok(snapshot.clone())
+    }
+
+    /// Snapshot reads started for the cache.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of snapshots kept now (a metric).
+    pub fn bytes(&self) -> usize {
+        self.lock()
+            .values()
+            .filter_map(|entry| entry.snapshot.get().cloned().flatten())
+            .map(|cached| cached.bytes)
+            .sum()
+    }
 }
 
 /// Which rows belong to a subscriber's set.
@@ -271,6 +408,49 @@ impl Snapshot {
         Ok(Some(rows.iter().map(|row| row.get(0)).collect()))
     }
 
+    /// All of the snapshot's rows in `set`, in pages, if they fit in the
+    /// cache's room; `None` otherwise. More than `max` rows is an error.
+    async fn read_whole(
+        mut self,
+        set: &SetView,
+        max: usize,
+        cache: &SnapshotCache,
+    ) -> Result<Option<Cached>> {
+        let room = cache.budget.saturating_sub(cache.bytes());
+        let (mut pages, mut page, mut page_bytes) = (Vec::new(), Vec::new(), 0);
+        let (mut matched, mut bytes) = (0, 0);
+        while let Some(rows) = self.fetch().await? {
+            for row in rows {
+                if !set.contains(&row) {
+                    continue;
+                }
+                matched += 1;
+                if matched > max {
+                    return Err(too_many(max));
+                }
+                let size = row.to_string().len();
+                bytes += size;
+                if bytes > room {
+                    return Ok(None);
+                }
+                if page.len() == ITEM_ROWS || (page_bytes + size > ITEM_BYTES && !page.is_empty()) {
+                    pages.push(std::mem::take(&mut page));
+                    page_bytes = 0;
+                }
+                page_bytes += size;
+                page.push(Json(row));
+            }
+        }
+        if !page.is_empty() {
+            pages.push(page);
+        }
+        Ok(Some(Cached {
+            cursor: self.cursor,
+            pages,
+            bytes,
+        }))
+    }
+
     /// The snapshot's rows in `set`, as `SNAPSHOT` items; more than `max`
     /// is an error.
     fn items(
@@ -299,7 +479,7 @@ impl Snapshot {
                             if rows.is_empty() {
                                 return None;
                             }
-                            let item = snapshot_item(std::mem::take(&mut rows), &cursor);
+                            let item = snapshot_item(json(std::mem::take(&mut rows)), &cursor);
                             return Some((Ok(item), (snapshot, rows, matched, true)));
                         };
                         for row in page {
@@ -308,18 +488,15 @@ impl Snapshot {
                             }
                             matched += 1;
                             if matched > max {
-                                let error = ErrorCode::BadUserInput.error(format!(
-                                    "more than {max} rows match: narrow `where` \
-                                     (the server's --max-live-rows)"
-                                ));
-                                return Some((Err(error), (snapshot, rows, matched, true)));
+                                return Some((Err(too_many(max)), (snapshot, rows, matched, true)));
                             }
                             bytes += row.to_string().len();
                             rows.push(row);
                         }
                         if rows.len() >= ITEM_ROWS || bytes >= ITEM_BYTES {
                             let rest = rows.split_off(rows.len().min(ITEM_ROWS));
-                            let item = snapshot_item(std::mem::replace(&mut rows, rest), &cursor);
+                            let item =
+                                snapshot_item(json(std::mem::replace(&mut rows, rest)), &cursor);
                             return Some((Ok(item), (snapshot, rows, matched, false)));
                         }
                     }
@@ -329,12 +506,22 @@ impl Snapshot {
     }
 }
 
-fn snapshot_item(rows: Vec<Value>, cursor: &str) -> LiveRows {
+fn snapshot_item(rows: Vec<Json<Value>>, cursor: &str) -> LiveRows {
     LiveRows {
         kind: LiveKind::Snapshot,
-        rows: rows.into_iter().map(Json).collect(),
+        rows,
         cursor: cursor.to_owned(),
     }
+}
+
+fn too_many(max: usize) -> async_graphql::Error {
+    ErrorCode::BadUserInput.error(format!(
+        "more than {max} rows match: narrow `where` (the server's --max-live-rows)"
+    ))
+}
+
+fn json(rows: Vec<Value>) -> Vec<Json<Value>> {
+    rows.into_iter().map(Json).collect()
 }
 
 impl Drop for Snapshot {

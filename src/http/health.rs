@@ -157,6 +157,18 @@ pub(super) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         state.memberships.watched() as u64,
     );
     gauge(
+        "tidewire_live_snapshot_reads_total",
+        "liveRows snapshots read from the database (subscribers of one set arriving together share one).",
+        "counter",
+        state.live_snapshots.reads(),
+    );
+    gauge(
+        "tidewire_live_snapshot_cache_bytes",
+        "Bytes of liveRows snapshots kept for subscribers of the same set arriving together.",
+        "gauge",
+        state.live_snapshots.bytes() as u64,
+    );
+    gauge(
         "tidewire_hub_topics",
         "Topics with at least one subscriber.",
         "gauge",

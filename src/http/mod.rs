@@ -39,7 +39,7 @@ pub use subscription::Operations;
 use crate::{
     auth::{AuthError, Verifier},
     db::ListenerStatus,
-    domains::chat::Memberships,
+    domains::{chat::Memberships, live_rows::SnapshotCache},
     error::{with_codes, ErrorCode},
     graphql::TidewireSchema,
     hub::Hub,
@@ -85,6 +85,8 @@ pub struct AppState {
     pub rooms: Arc<Rooms>,
     /// Members' chat streams (metrics).
     pub memberships: Arc<Memberships>,
+    /// Live-set snapshots kept for crowds (metrics).
+    pub live_snapshots: Arc<SnapshotCache>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
     /// Requests served (for the dashboard's rate).
