@@ -49,6 +49,25 @@ chat_rows = "\n".join(
     ]
     if label in rows
 )
+def snapshot_row(n):
+    run = rows.get(f"snapshot-{n}")
+    if run is None:
+        return f"| {n:,} | — | — | — |"
+    cpu = run.get("server_cpu_seconds") or []
+    cpu_text = f"{sorted(cpu)[len(cpu) // 2]:.2f}" if cpu else "—"
+    return (f"| {n:,} | {run['seconds_to_ready']['median']:.3f} | {run['rows_per_second']:,.0f} "
+            f"| {cpu_text} |")
+
+
+snapshot_rows = "\n".join(snapshot_row(n) for n in [1000, 10000, 100000])
+live_rows = "\n".join(
+    row(name, rows[label])
+    for name, label in [
+        ("`liveRows`, 1,000 subscribers × 100 rows/s", "live-1000x100"),
+        ("`changes`, 1,000 subscribers × 100 commits/s", "latency-1000x100"),
+    ]
+    if label in rows
+)
 template = (here / "BENCHMARKS.template.md").read_text()
 values = dict(
     hold_kib=kib(h), hold_ok=met(h["server_bytes_per_connection"] <= 8192 and h["failed_connections"] == 0),
@@ -65,6 +84,8 @@ values = dict(
     curve_rows=curve_rows,
     signed_rows=signed_rows,
     chat_rows=chat_rows,
+    snapshot_rows=snapshot_rows,
+    live_rows=live_rows,
     signed_ratio=f"{signed['deliveries_per_second'] / anon['deliveries_per_second']:.0%}",
     signed_kib=kib(signed),
 )

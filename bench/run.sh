@@ -5,6 +5,7 @@
 #   bench/run.sh curves     only the subscriber curve
 #   bench/run.sh signed-in  10,000 anonymous vs 10,000 signed-in subscribers
 #   bench/run.sh chat       one chat room of 5,000 members vs changes, both signed in
+#   bench/run.sh live       liveRows: time to a complete snapshot, and 1,000 live sets
 #   bench/run.sh hold|churn one scenario
 # Needs: cargo build --release; PostgreSQL binaries (initdb, pg_ctl);
 # taskset (util-linux). The server runs on core 0; its Postgres and the
@@ -59,6 +60,14 @@ fi
 if [ "$what" = all ] || [ "$what" = chat ]; then
   run chat-room-5000 fanout --subscribers 5000 --rate 20 --seconds 15 --processes 2 --sources 8 --sign-in-with "$SECRET" --chat
   run changes-5000-signed-in fanout --subscribers 5000 --rate 20 --seconds 15 --processes 2 --sources 8 --sign-in-with "$SECRET"
+fi
+if [ "$what" = all ] || [ "$what" = live ]; then
+  for n in 1000 10000 100000; do
+    start_server
+    echo "== snapshot of $n rows" >&2
+    taskset -c 1 "$LOADGEN" snapshot --rows "$n" --server-pid "$SERVER" | sed "s/^{/{\"label\":\"snapshot-$n\",/" | tee -a "$OUT"
+  done
+  run live-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8 --live
 fi
 if [ "$what" = all ] || [ "$what" = curves ]; then
   for n in 1000 5000 10000 19000; do

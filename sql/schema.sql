@@ -194,6 +194,11 @@ BEGIN
     END IF;
     t := coalesce(topic, qname);
     PERFORM tidewire.untrack(tbl);
+    -- Tables dropped since they were tracked leave their entry behind
+    -- (a regclass does not follow a DROP): forget them, or a table
+    -- re-created under the same name could never be tracked again.
+    DELETE FROM tidewire.tracked tr
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = tr.rel);
     EXECUTE format('CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON %s '
                    'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
                    'EXECUTE FUNCTION tidewire.capture(%L, %L)', tbl, t, qname);

@@ -208,3 +208,37 @@ async fn tracking_a_table_without_a_primary_key_fails() {
         .get(0);
     assert_eq!(tracked, 0);
 }
+
+#[tokio::test]
+async fn a_dropped_table_can_be_created_and_tracked_again() {
+    let server = TestServer::start().await;
+    server
+        .sql(
+            "CREATE TABLE gone (id int PRIMARY KEY);
+             SELECT tidewire.track('gone', public => true);
+             CREATE TABLE kept (id int PRIMARY KEY);
+             SELECT tidewire.track('kept', public => true);
+             DROP TABLE gone;",
+        )
+        .await;
+    // Dropped: no longer offered.
+    let tracked = server.post("{ trackedTables }", json!({})).await;
+    let names = tracked["data"]["trackedTables"].as_array().unwrap();
+    assert!(names.contains(&json!("public.kept")), "{names:?}");
+    assert!(!names.contains(&json!("public.gone")), "{names:?}");
+    // Re-created under the same name: tracked and streamed like any table.
+    server
+        .sql(
+            "CREATE TABLE gone (id int PRIMARY KEY, note text);
+             SELECT tidewire.track('gone', public => true);",
+        )
+        .await;
+    let mut client = server.ws().await;
+    client
+        .subscribe("c", CHANGES, json!({"table": "gone"}))
+        .await;
+    wait_for_subscribers(&server, 1).await;
+    server.sql("INSERT INTO gone VALUES (1, 'back')").await;
+    let item = client.next_item("c", "changes").await;
+    assert_eq!(item["row"], json!({"id": 1, "note": "back"}));
+}

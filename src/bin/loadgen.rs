@@ -7,7 +7,9 @@
 //!   for S seconds. Reports deliveries/s, commit→client latency, losses,
 //!   duplicates, order, and the server's memory per connection. With
 //!   `--chat`, the N subscribers are members of one chat room (`chatRoom`)
-//!   and the writers post messages to it.
+//!   and the writers post messages to it; with `--live`, they hold the
+//!   table as a live set (`liveRows`).
+//! - `snapshot`: time from `liveRows` to `READY` over a table of N rows.
 //! - `churn`: connect + `connection_init` + `subscribe` as fast as possible.
 //! - `writes`: W writers committing as fast as possible, one subscriber
 //!   checking that nothing is lost.
@@ -63,6 +65,8 @@ enum Scenario {
     Churn(ChurnArgs),
     /// Write throughput from concurrent writers, nothing lost.
     Writes(WritesArgs),
+    /// Time to a complete `liveRows` snapshot.
+    Snapshot(SnapshotArgs),
     /// (internal) one client process of `fanout` or `churn`.
     Client(ClientArgs),
 }
@@ -112,6 +116,22 @@ struct FanoutArgs {
     /// table's `changes`. Needs --sign-in-with: members are users.
     #[arg(long)]
     chat: bool,
+    /// Subscribe with `liveRows` (snapshot, READY, then the set's changes)
+    /// instead of `changes`.
+    #[arg(long, conflicts_with = "chat")]
+    live: bool,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Rows in the table, all of which match.
+    #[arg(long, default_value_t = 10_000)]
+    rows: i64,
+    /// Measurements, each after the server's kept snapshot expired.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -173,6 +193,9 @@ struct ClientArgs {
     /// --chat`).
     #[arg(long)]
     chat_room: Option<i64>,
+    /// Subscribe with `liveRows` (see `fanout --live`).
+    #[arg(long)]
+    live: bool,
 }
 
 /// What one client process saw.
@@ -201,6 +224,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => runtime.block_on(fanout(args)),
         Scenario::Churn(args) => runtime.block_on(churn(args)),
         Scenario::Writes(args) => runtime.block_on(writes(args)),
+        Scenario::Snapshot(args) => runtime.block_on(snapshot(args)),
         Scenario::Client(args) => runtime.block_on(client_process(args)),
     }
 }
@@ -252,6 +276,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             concurrency: 64,
             sign_in_with: args.sign_in_with.clone(),
             chat_room: room,
+            live: args.live,
         })?);
     }
     for child in &mut children {
@@ -312,7 +337,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         "server_bytes_per_connection": per_connection,
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "signed_in": args.sign_in_with.is_some(),
-        "stream": if args.chat { "chatRoom" } else { "changes" },
+        "stream": if args.chat { "chatRoom" } else if args.live { "liveRows" } else { "changes" },
         "processes": args.processes,
         "sources": args.sources,
     });
@@ -340,6 +365,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             sign_in_with: None,
             chat_room: None,
+            live: false,
         })?);
     }
     let reports: Vec<ClientReport> = children
@@ -378,6 +404,7 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
         concurrency: 1,
         sign_in_with: None,
         chat_room: None,
+        live: false,
     })?;
     checker.wait_for("ready")?;
     wait_until_live(
@@ -429,13 +456,91 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills `loadgen_live` with `args.rows` rows, then times `liveRows` from
+/// subscribe to `READY`, `repeat` times, each after the server's kept
+/// snapshot (2 s) expired.
+async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let db = tidewire::db::connect_once(&args.target.database_url)
+        .await
+        .context("connecting to the database")?;
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS loadgen_live;
+         CREATE TABLE loadgen_live (id bigint PRIMARY KEY, n int NOT NULL, label text NOT NULL);
+         INSERT INTO loadgen_live SELECT g, g % 100, 'row ' || g FROM generate_series(1, {}) g;
+         SELECT tidewire.track('loadgen_live', public => true);",
+        args.rows
+    ))
+    .await?;
+    let mut seconds = Vec::new();
+    let mut cpu = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut ws = open(
+            args.target.server,
+            Ipv4Addr::new(127, 0, 0, 2),
+            None,
+            Stream::Changes,
+        )
+        .await?;
+        let cpu_before = args.target.server_pid.and_then(cpu_seconds);
+        let started = Instant::now();
+        let subscribe = json!({"id": "2", "type": "subscribe", "payload": {
+            "query": "subscription { liveRows(table: \"loadgen_live\") { kind rows cursor } }"
+        }});
+        ws.send(Message::text(subscribe.to_string())).await?;
+        let mut rows = 0;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(120), ws.next())
+                .await
+                .context("no READY within 2 minutes")?;
+            let Some(Ok(Message::Text(text))) = frame else {
+                bail!("the socket closed before READY");
+            };
+            if !text.contains("\"id\":\"2\"") {
+                continue;
+            }
+            if text.contains("\"errors\"") {
+                bail!("liveRows failed: {text}");
+            }
+            if text.contains("\"kind\":\"READY\"") {
+                break;
+            }
+            rows += text.matches("\"label\":").count();
+        }
+        seconds.push(started.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (cpu_before, args.target.server_pid.and_then(cpu_seconds)) {
+            cpu.push(b - a);
+        }
+        if rows as i64 != args.rows {
+            bail!("the snapshot held {rows} rows, not {}", args.rows);
+        }
+        let _ = ws.close(None).await;
+    }
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds[seconds.len() / 2];
+    println!(
+        "{}",
+        json!({
+            "scenario": "snapshot",
+            "rows": args.rows,
+            "seconds_to_ready": {"min": seconds[0], "median": median, "max": seconds[seconds.len() - 1]},
+            "rows_per_second": args.rows as f64 / median,
+            "server_cpu_seconds": cpu,
+        })
+    );
+    Ok(())
+}
+
 /// Creates (or empties) the benchmark table and tracks it.
 async fn prepare_table(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let db = tidewire::db::connect_once(url)
         .await
         .context("connecting to the database")?;
+    // `written_at`: when the row was written, for live-set latency (a
+    // live set's rows carry no commit time).
     db.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, writer int NOT NULL, seq bigint NOT NULL);
+         ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS written_at timestamptz NOT NULL DEFAULT clock_timestamp();
          SELECT tidewire.track('{TABLE}', public => true);"
     ))
     .await?;
@@ -599,6 +704,9 @@ fn spawn_client(args: &ClientArgs) -> anyhow::Result<Child> {
     if let Some(room) = args.chat_room {
         command.arg("--chat-room").arg(room.to_string());
     }
+    if args.live {
+        command.arg("--live");
+    }
     let mut process = command.stdout(Stdio::piped()).spawn()?;
     let stdout = process.stdout.take().context("no stdout")?;
     Ok(Child {
@@ -631,9 +739,9 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|secret| user_token(secret, &format!("bench-{}-{i}", args.source_offset)))
             .transpose()?;
-        let room = args.chat_room;
+        let stream = Stream::of(args.chat_room, args.live);
         connecting.push(tokio::spawn(async move {
-            let result = open(server, source, token, room).await;
+            let result = open(server, source, token, stream).await;
             drop(permit);
             match result {
                 Ok(ws) => Some(ws),
@@ -675,7 +783,7 @@ async fn client_process(args: ClientArgs) -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for ws in sockets {
         let (writers, expect, stats) = (args.writers, args.expect, stats.clone());
-        let keys = Keys::of(args.chat_room);
+        let keys = Keys::of(Stream::of(args.chat_room, args.live));
         readers.push(tokio::spawn(read_deliveries(
             ws, keys, writers, expect, deadline, stats,
         )));
@@ -727,7 +835,7 @@ async fn open(
     server: SocketAddrV4,
     source: Ipv4Addr,
     token: Option<String>,
-    room: Option<i64>,
+    what: Stream,
 ) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
@@ -759,17 +867,38 @@ async fn open(
     }
     // Identical, with `cursor`: the server runs one shared execution for
     // all of them, as it does for real clients that can resume.
-    let query = match room {
-        None => {
+    let query = match what {
+        Stream::Changes => {
             format!("subscription {{ changes(table: \"{TABLE}\") {{ cursor row committedAt }} }}")
         }
-        Some(room) => {
+        Stream::Chat(room) => {
             format!("subscription {{ chatRoom(roomId: \"{room}\") {{ cursor text createdAt }} }}")
+        }
+        Stream::Live => {
+            format!("subscription {{ liveRows(table: \"{TABLE}\") {{ kind rows cursor }} }}")
         }
     };
     let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": query}});
     ws.send(Message::text(subscribe.to_string())).await?;
     Ok(ws)
+}
+
+/// What the clients subscribe to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Changes,
+    Chat(i64),
+    Live,
+}
+
+impl Stream {
+    fn of(room: Option<i64>, live: bool) -> Stream {
+        match (room, live) {
+            (Some(room), _) => Stream::Chat(room),
+            (None, true) => Stream::Live,
+            (None, false) => Stream::Changes,
+        }
+    }
 }
 
 /// Where a delivery says which writer wrote it, its sequence number, and
@@ -779,22 +908,33 @@ struct Keys {
     writer: &'static str,
     seq: &'static str,
     at: &'static str,
+    /// Items to pass over (a live set's snapshot and READY).
+    skip: &'static [&'static str],
 }
 
 impl Keys {
-    fn of(room: Option<i64>) -> Keys {
-        match room {
+    fn of(stream: Stream) -> Keys {
+        match stream {
             // A row of the table: {"writer":1,"seq":2,…}, and its commit time.
-            None => Keys {
+            Stream::Changes => Keys {
                 writer: "\"writer\":",
                 seq: "\"seq\":",
                 at: "\"committedAt\":\"",
+                skip: &[],
             },
             // A message whose text is "writer=1 seq=2", and when it was stored.
-            Some(_) => Keys {
+            Stream::Chat(_) => Keys {
                 writer: "writer=",
                 seq: " seq=",
                 at: "\"createdAt\":\"",
+                skip: &[],
+            },
+            // A row of the live set, with the time it was written.
+            Stream::Live => Keys {
+                writer: "\"writer\":",
+                seq: "\"seq\":",
+                at: "\"written_at\":\"",
+                skip: &["\"kind\":\"SNAPSHOT\"", "\"kind\":\"READY\""],
             },
         }
     }
@@ -858,6 +998,9 @@ async fn read_deliveries(
             _ => break,
         };
         let Message::Text(text) = frame else { continue };
+        if keys.skip.iter().any(|skip| text.contains(skip)) {
+            continue;
+        }
         let now = unix_us();
         let (Some(writer), Some(seq), Some(committed)) = (
             field_i64(&text, keys.writer),

@@ -100,7 +100,8 @@ const TRACKED: &str = "
                                       AND a.attnum = ANY (i.indkey::int2[])
                   WHERE i.indrelid = t.rel AND i.indisprimary
                   ORDER BY array_position(i.indkey::int2[], a.attnum))
-      FROM tidewire.tracked t";
+      FROM tidewire.tracked t
+     WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.rel)";
 
 /// One read of the log: rows after a cursor, the retention floor from the
 /// same snapshot, and at most `rows` rows or about `bytes` bytes.
@@ -256,7 +257,7 @@ impl ChangeLog {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                &format!("{TRACKED} WHERE t.name = $1 OR t.table_name = $1 ORDER BY t.name"),
+                &format!("{TRACKED} AND (t.name = $1 OR t.table_name = $1) ORDER BY t.name"),
                 &[&name],
             )
             .await?;
