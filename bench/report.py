@@ -64,7 +64,7 @@ live_rows = "\n".join(
     row(name, rows[label])
     for name, label in [
         ("`liveRows`, 1,000 subscribers × 100 rows/s", "live-1000x100"),
-        ("`changes`, 1,000 subscribers × 100 commits/s", "latency-1000x100"),
+        ("`changes`, 1,000 subscribers × 100 commits/s", "changes-1000x100"),
     ]
     if label in rows
 )

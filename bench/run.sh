@@ -68,6 +68,7 @@ if [ "$what" = all ] || [ "$what" = live ]; then
     taskset -c 1 "$LOADGEN" snapshot --rows "$n" --server-pid "$SERVER" | sed "s/^{/{\"label\":\"snapshot-$n\",/" | tee -a "$OUT"
   done
   run live-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8 --live
+  run changes-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8
 fi
 if [ "$what" = all ] || [ "$what" = curves ]; then
   for n in 1000 5000 10000 19000; do

@@ -235,6 +235,11 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let expect = args.rate * args.seconds;
     let per_process = args.subscribers.div_ceil(args.processes);
     let sources_each = (args.sources / args.processes as u8).max(1);
+    if args.live {
+        // A small set to start from: every subscriber's snapshot is the
+        // table, and what is measured is the changes after it.
+        db.batch_execute(&format!("TRUNCATE {TABLE}")).await?;
+    }
     let room = if args.chat {
         if args.sign_in_with.is_none() {
             bail!("--chat needs --sign-in-with: the room's members are users");

@@ -85,10 +85,20 @@ impl TestServer {
 
     /// Starts a server on an existing database (e.g. a restart).
     pub async fn start_on(database_url: String, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_at(database_url, SocketAddr::from(([127, 0, 0, 1], 0)), adjust).await
+    }
+
+    /// Like [`TestServer::start_on`], listening on `addr` (e.g. the address
+    /// of a server just shut down, so its clients reconnect to the same URL).
+    pub async fn start_at(
+        database_url: String,
+        addr: SocketAddr,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config::for_database(database_url.clone());
         adjust(&mut config);
         let app = App::prepare(config).await.expect("preparing the server");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
