@@ -373,6 +373,50 @@ ALTER SEQUENCE tidewire.messages_id_seq OWNED BY tidewire.messages.id;
 
 
 --
+-- Name: metric_batches; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.metric_batches (
+    id bigint NOT NULL,
+    user_id text NOT NULL,
+    rows bigint NOT NULL,
+    names integer NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: metric_batches_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.metric_batches_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: metric_batches_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.metric_batches_id_seq OWNED BY tidewire.metric_batches.id;
+
+
+--
+-- Name: metrics; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.metrics (
+    batch_id bigint NOT NULL,
+    name text NOT NULL,
+    value double precision NOT NULL,
+    recorded_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: notifications; Type: TABLE; Schema: tidewire; Owner: -
 --
 
@@ -577,6 +621,69 @@ CREATE TABLE tidewire.tracked (
 
 
 --
+-- Name: upload_chunks; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.upload_chunks (
+    upload_id uuid NOT NULL,
+    sequence bigint NOT NULL,
+    data bytea NOT NULL
+);
+
+
+--
+-- Name: upload_progress; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.upload_progress (
+    id bigint NOT NULL,
+    upload_id uuid NOT NULL,
+    owner_id text NOT NULL,
+    chunks bigint NOT NULL,
+    bytes bigint NOT NULL,
+    status text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: upload_progress_id_seq; Type: SEQUENCE; Schema: tidewire; Owner: -
+--
+
+CREATE SEQUENCE tidewire.upload_progress_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+
+--
+-- Name: upload_progress_id_seq; Type: SEQUENCE OWNED BY; Schema: tidewire; Owner: -
+--
+
+ALTER SEQUENCE tidewire.upload_progress_id_seq OWNED BY tidewire.upload_progress.id;
+
+
+--
+-- Name: uploads; Type: TABLE; Schema: tidewire; Owner: -
+--
+
+CREATE TABLE tidewire.uploads (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    owner_id text NOT NULL,
+    status text DEFAULT 'receiving'::text NOT NULL,
+    bytes bigint DEFAULT 0 NOT NULL,
+    chunks bigint DEFAULT 0 NOT NULL,
+    sha256 text,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT uploads_status_check CHECK ((status = ANY (ARRAY['receiving'::text, 'complete'::text, 'failed'::text])))
+);
+
+
+--
 -- Name: users; Type: TABLE; Schema: tidewire; Owner: -
 --
 
@@ -605,6 +712,13 @@ ALTER TABLE ONLY tidewire.messages ALTER COLUMN id SET DEFAULT nextval('tidewire
 
 
 --
+-- Name: metric_batches id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.metric_batches ALTER COLUMN id SET DEFAULT nextval('tidewire.metric_batches_id_seq'::regclass);
+
+
+--
 -- Name: notifications id; Type: DEFAULT; Schema: tidewire; Owner: -
 --
 
@@ -630,6 +744,13 @@ ALTER TABLE ONLY tidewire.rooms ALTER COLUMN id SET DEFAULT nextval('tidewire.ro
 --
 
 ALTER TABLE ONLY tidewire.stock_prices ALTER COLUMN id SET DEFAULT nextval('tidewire.stock_prices_id_seq'::regclass);
+
+
+--
+-- Name: upload_progress id; Type: DEFAULT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.upload_progress ALTER COLUMN id SET DEFAULT nextval('tidewire.upload_progress_id_seq'::regclass);
 
 
 --
@@ -670,6 +791,14 @@ ALTER TABLE ONLY tidewire.games
 
 ALTER TABLE ONLY tidewire.messages
     ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: metric_batches metric_batches_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.metric_batches
+    ADD CONSTRAINT metric_batches_pkey PRIMARY KEY (id);
 
 
 --
@@ -761,6 +890,30 @@ ALTER TABLE ONLY tidewire.tracked
 
 
 --
+-- Name: upload_chunks upload_chunks_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.upload_chunks
+    ADD CONSTRAINT upload_chunks_pkey PRIMARY KEY (upload_id, sequence);
+
+
+--
+-- Name: upload_progress upload_progress_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.upload_progress
+    ADD CONSTRAINT upload_progress_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: uploads uploads_pkey; Type: CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.uploads
+    ADD CONSTRAINT uploads_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: users users_email_key; Type: CONSTRAINT; Schema: tidewire; Owner: -
 --
 
@@ -809,6 +962,20 @@ CREATE INDEX games_open_player_two ON tidewire.games USING btree (player_two) WH
 --
 
 CREATE INDEX messages_room ON tidewire.messages USING btree (room_id, id DESC);
+
+
+--
+-- Name: metrics_batch; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX metrics_batch ON tidewire.metrics USING btree (batch_id, name);
+
+
+--
+-- Name: metrics_name_time; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX metrics_name_time ON tidewire.metrics USING btree (name, recorded_at);
 
 
 --
@@ -861,6 +1028,13 @@ CREATE INDEX stock_prices_symbol ON tidewire.stock_prices USING btree (symbol, i
 
 
 --
+-- Name: uploads_owner; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX uploads_owner ON tidewire.uploads USING btree (owner_id, created_at DESC);
+
+
+--
 -- Name: changes commit_position; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
@@ -879,6 +1053,13 @@ CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.games REFERENCIN
 --
 
 CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.messages REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
+-- Name: metric_batches tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.metric_batches REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('metrics', 'tidewire.metric_batches');
 
 
 --
@@ -903,6 +1084,13 @@ CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.stock_prices REF
 
 
 --
+-- Name: upload_progress tidewire_capture_delete; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_delete AFTER DELETE ON tidewire.upload_progress REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('uploads', 'tidewire.upload_progress');
+
+
+--
 -- Name: games tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
@@ -914,6 +1102,13 @@ CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.games REFERENCIN
 --
 
 CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
+-- Name: metric_batches tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.metric_batches REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('metrics', 'tidewire.metric_batches');
 
 
 --
@@ -938,6 +1133,13 @@ CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.stock_prices REF
 
 
 --
+-- Name: upload_progress tidewire_capture_insert; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_insert AFTER INSERT ON tidewire.upload_progress REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('uploads', 'tidewire.upload_progress');
+
+
+--
 -- Name: games tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
 --
 
@@ -949,6 +1151,13 @@ CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.games REFERENCIN
 --
 
 CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('chat', 'tidewire.messages');
+
+
+--
+-- Name: metric_batches tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.metric_batches REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('metrics', 'tidewire.metric_batches');
 
 
 --
@@ -973,11 +1182,26 @@ CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.stock_prices REF
 
 
 --
+-- Name: upload_progress tidewire_capture_update; Type: TRIGGER; Schema: tidewire; Owner: -
+--
+
+CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.upload_progress REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tidewire.capture('uploads', 'tidewire.upload_progress');
+
+
+--
 -- Name: messages messages_room_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
 --
 
 ALTER TABLE ONLY tidewire.messages
     ADD CONSTRAINT messages_room_id_fkey FOREIGN KEY (room_id) REFERENCES tidewire.rooms(id) ON DELETE CASCADE;
+
+
+--
+-- Name: metrics metrics_batch_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.metrics
+    ADD CONSTRAINT metrics_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES tidewire.metric_batches(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
 
 
 --
@@ -1002,6 +1226,22 @@ ALTER TABLE ONLY tidewire.room_members
 
 ALTER TABLE ONLY tidewire.sessions
     ADD CONSTRAINT sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES tidewire.users(id) ON DELETE CASCADE;
+
+
+--
+-- Name: upload_chunks upload_chunks_upload_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.upload_chunks
+    ADD CONSTRAINT upload_chunks_upload_id_fkey FOREIGN KEY (upload_id) REFERENCES tidewire.uploads(id) ON DELETE CASCADE;
+
+
+--
+-- Name: upload_progress upload_progress_upload_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
+--
+
+ALTER TABLE ONLY tidewire.upload_progress
+    ADD CONSTRAINT upload_progress_upload_id_fkey FOREIGN KEY (upload_id) REFERENCES tidewire.uploads(id) ON DELETE CASCADE;
 
 
 --

@@ -197,6 +197,26 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_LIVE_SNAPSHOT_CACHE_BYTES", default_value_t = 64 << 20)]
     pub live_snapshot_cache_bytes: usize,
 
+    /// Largest body of `POST /streams/metrics` or `/streams/uploads`.
+    #[arg(long, env = "TIDEWIRE_STREAM_MAX_BODY_BYTES", default_value_t = 4 << 30)]
+    pub stream_max_body_bytes: u64,
+
+    /// Longest line of a stream request's body.
+    #[arg(long, env = "TIDEWIRE_STREAM_MAX_LINE_BYTES", default_value_t = 1 << 20)]
+    pub stream_max_line_bytes: usize,
+
+    /// Largest upload chunk, decoded.
+    #[arg(long, env = "TIDEWIRE_UPLOAD_MAX_CHUNK_BYTES", default_value_t = 512 << 10)]
+    pub upload_max_chunk_bytes: usize,
+
+    /// Stream requests (`POST /streams/*`) one user may start per minute.
+    #[arg(
+        long,
+        env = "TIDEWIRE_STREAM_REQUESTS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub stream_requests_per_minute: u32,
+
     /// Longest chat message (`sendMessage`), in characters.
     #[arg(long, env = "TIDEWIRE_MAX_CHAT_MESSAGE_CHARS", default_value_t = 4000)]
     pub max_chat_message_chars: usize,

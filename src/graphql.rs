@@ -15,6 +15,7 @@ use crate::{
         chat::{ChatMutation, ChatQuery, ChatSubscription, Memberships},
         dashboard::{DashboardMutation, DashboardQuery, DashboardSubscription},
         game::{GameMutation, GameQuery, GameSubscription},
+        ingest::{UploadsQuery, UploadsSubscription},
         live_rows::{LiveRowsSubscription, SnapshotCache},
         notifications::{NotificationsMutation, NotificationsQuery, NotificationsSubscription},
         stocks::{StocksMutation, StocksQuery, StocksSubscription},
@@ -37,6 +38,7 @@ pub struct Query(
     StocksQuery,
     DashboardQuery,
     ChatQuery,
+    UploadsQuery,
     GameQuery,
 );
 
@@ -49,6 +51,7 @@ pub struct Subscription(
     DashboardSubscription,
     ChatSubscription,
     LiveRowsSubscription,
+    UploadsSubscription,
     GameSubscription,
 );
 

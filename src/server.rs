@@ -26,7 +26,7 @@ use crate::{
     domains::{accounts::CredentialLimits, chat::Memberships, live_rows::SnapshotCache},
     fanout::{Fanout, GroupBuffer},
     graphql::{build_schema, sharing_rules, Services},
-    http::{router, serve, Admission, AppState, ConnectionLimits, Operations},
+    http::{router, serve, Admission, AppState, ConnectionLimits, Operations, StreamLimits},
     hub::Hub,
     request_guard::QueryLimits,
     services::{presence, Bus, Countdowns, RateLimiter, Revocations, Rooms, Traffic},
@@ -255,6 +255,13 @@ impl App {
             rooms: rooms.clone(),
             memberships: memberships.clone(),
             live_snapshots,
+            streams: Arc::new(StreamLimits {
+                max_body_bytes: self.config.stream_max_body_bytes,
+                max_line_bytes: self.config.stream_max_line_bytes,
+                max_chunk_bytes: self.config.upload_max_chunk_bytes,
+                idle_timeout: self.config.http_read_timeout,
+                per_user: RateLimiter::per_minute(self.config.stream_requests_per_minute),
+            }),
         };
         let admission = state.admission.clone();
         let presence_task = tokio::spawn(presence::run(

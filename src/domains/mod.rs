@@ -7,6 +7,7 @@ pub mod chat;
 pub mod countdown;
 pub mod dashboard;
 pub mod game;
+pub mod ingest;
 pub mod live_rows;
 pub mod notifications;
 pub mod stocks;

@@ -6,6 +6,7 @@ mod connections;
 mod health;
 mod outbox;
 pub mod protocol;
+mod streams;
 mod subscription;
 mod websocket;
 
@@ -34,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 pub use admission::{normalize_origin, Admission};
 use connections::WireMeter;
 pub use connections::{serve, ConnectionLimits};
+pub use streams::StreamLimits;
 pub use subscription::Operations;
 
 use crate::{
@@ -87,6 +89,8 @@ pub struct AppState {
     pub memberships: Arc<Memberships>,
     /// Live-set snapshots kept for crowds (metrics).
     pub live_snapshots: Arc<SnapshotCache>,
+    /// Limits of `POST /streams/*`.
+    pub streams: Arc<StreamLimits>,
     /// Subscriptions one connection may run at once.
     pub max_subscriptions: usize,
     /// Requests served (for the dashboard's rate).
@@ -110,6 +114,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/playground", get(playground))
+        .route("/streams/metrics", axum::routing::post(streams::metrics))
+        .route("/streams/uploads", axum::routing::post(streams::uploads))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -131,40 +137,52 @@ async fn graphql_post(
         Err(refusal) => return refusal,
     };
     let mut request = request.data(peer.ip());
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let verified = value
-            .to_str()
-            .map_err(|_| AuthError::NotBearer)
-            .and_then(|value| state.verifier.verify_bearer(value));
-        let verified = match verified {
-            Ok(viewer) => match viewer_revoked(&state, &viewer).await {
-                Ok(false) => Ok(viewer),
-                Ok(true) => Err(AuthError::Revoked),
-                // Fail closed, but not with 401: the token may be fine, and
-                // a client told to sign in again would only add load.
-                Err(error) => {
-                    tracing::error!(%error, "refusing a token whose session cannot be checked");
-                    return client_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorCode::Unavailable,
-                        "the session cannot be checked right now; try again shortly",
-                    );
-                }
-            },
-            other => other,
-        };
-        match verified {
-            Ok(viewer) => request = request.data(viewer),
-            Err(error) => {
-                return client_error(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthenticated,
-                    &error.to_string(),
-                )
-            }
-        }
+    match authenticate(&state, &parts.headers).await {
+        Ok(Some(viewer)) => request = request.data(viewer),
+        Ok(None) => {}
+        Err(refusal) => return refusal,
     }
     GraphQLResponse::from(with_codes(state.schema.execute(request).await)).into_response()
+}
+
+/// The viewer an `Authorization: Bearer …` header names (`None` without
+/// one). A token that fails verification is refused with 401 and
+/// `UNAUTHENTICATED`; one whose session cannot be checked with 503.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<crate::auth::Viewer>, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let verified = value
+        .to_str()
+        .map_err(|_| AuthError::NotBearer)
+        .and_then(|value| state.verifier.verify_bearer(value));
+    let verified = match verified {
+        Ok(viewer) => match viewer_revoked(state, &viewer).await {
+            Ok(false) => Ok(viewer),
+            Ok(true) => Err(AuthError::Revoked),
+            // Fail closed, but not with 401: the token may be fine, and
+            // a client told to sign in again would only add load.
+            Err(error) => {
+                tracing::error!(%error, "refusing a token whose session cannot be checked");
+                return Err(client_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the session cannot be checked right now; try again shortly",
+                ));
+            }
+        },
+        other => other,
+    };
+    verified.map(Some).map_err(|error| {
+        client_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            &error.to_string(),
+        )
+    })
 }
 
 /// The GraphQL request in a POST body. Only `application/json` is read: a
