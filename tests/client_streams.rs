@@ -388,3 +388,26 @@ async fn stream_limits_refuse_with_clear_errors() {
     let (status, _) = post(&server, "/streams/metrics", Some("bob"), Vec::new()).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn ingested_metrics_reach_the_dashboard() {
+    let server = server().await;
+    let mut ann = client_with_token(server.addr, &token(SECRET, "ann", "user", 600)).await;
+    ann.subscribe(
+        "d",
+        "subscription { dashboard(intervalMs: 200) { metricRowsLastMinute } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(ann.next_item("d", "dashboard").await["metricRowsLastMinute"], 0);
+    let mut body = String::new();
+    for i in 0..250 {
+        body.push_str(&format!(
+            "{{\"name\":\"m\",\"value\":{i},\"timestamp\":\"2026-11-28T10:00:00Z\"}}\n"
+        ));
+    }
+    let (status, _) = post(&server, "/streams/metrics", Some("bob"), body.into_bytes()).await;
+    assert_eq!(status, 200);
+    // Other figures (requests per second) may change first.
+    while ann.next_item("d", "dashboard").await["metricRowsLastMinute"] != 250 {}
+}

@@ -9,7 +9,9 @@ use futures_util::{stream, Stream};
 
 use crate::{
     auth::Viewer,
+    db::ChangeLog,
     error::{database, ErrorCode},
+    hub::{Feed, Hub},
     services::MutationLimit,
     services::Traffic,
 };
@@ -22,7 +24,13 @@ pub struct Dashboard {
     pub revenue_today: f64,
     /// Requests this node served in the last second.
     pub requests_per_second: f64,
+    /// Metrics ingested (`POST /streams/metrics`) over the last minute, by
+    /// every user.
+    pub metric_rows_last_minute: i64,
 }
+
+/// Topic of `tidewire.metric_batches` (sql/V11__client_streams.sql).
+const METRICS_TOPIC: &str = "metrics";
 
 /// Shortest `intervalMs`: each subscription re-reads the figures this often.
 const MIN_INTERVAL_MS: i32 = 200;
@@ -30,7 +38,7 @@ const MIN_INTERVAL_MS: i32 = 200;
 /// Presence older than this belongs to a node that is gone.
 const PRESENCE_STALE: &str = "5 seconds";
 
-async fn figures(pool: &Pool) -> Result<(i64, f64)> {
+async fn figures(pool: &Pool) -> Result<(i64, f64, i64)> {
     let client = pool.get().await.map_err(database)?;
     let row = client
         .query_one(
@@ -38,13 +46,15 @@ async fn figures(pool: &Pool) -> Result<(i64, f64)> {
                 "SELECT (SELECT count(DISTINCT u) FROM tidewire.presence, unnest(users) u
                           WHERE heartbeat > now() - interval '{PRESENCE_STALE}'),
                         (SELECT coalesce(sum(amount), 0) FROM tidewire.orders
-                          WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+                          WHERE created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'),
+                        (SELECT coalesce(sum(rows), 0)::bigint FROM tidewire.metric_batches
+                          WHERE received_at > now() - interval '1 minute')"
             ),
             &[],
         )
         .await
         .map_err(database)?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get(0), row.get(1), row.get(2)))
 }
 
 fn signed_in(ctx: &Context<'_>) -> Result<()> {
@@ -99,24 +109,43 @@ impl DashboardSubscription {
         let interval = Duration::from_millis(interval_ms as u64);
         let pool = ctx.data_unchecked::<Pool>().clone();
         let traffic = ctx.data_unchecked::<Arc<Traffic>>().clone();
+        // Ingested metrics arrive through the change log, one change per
+        // request: one wakes the dashboard at once instead of at its next
+        // interval.
+        let batches = Feed::new(
+            ctx.data_unchecked::<ChangeLog>().clone(),
+            ctx.data_unchecked::<Arc<Hub>>().subscribe(METRICS_TOPIC),
+            None,
+            ctx.data_unchecked::<super::Limits>().page,
+        );
         // `read`: whether the figures were read before (then wait first,
         // after a failed read too, so an outage does not spin).
-        let state = (pool, traffic, None::<Dashboard>, false);
+        let state = (pool, traffic, batches, None::<Dashboard>, false);
         Ok(stream::unfold(
             state,
-            move |(pool, traffic, last, read)| async move {
+            move |(pool, traffic, mut batches, last, read)| async move {
                 if read {
                     tokio::time::sleep(interval).await;
                 }
                 loop {
                     let now = match current(&pool, &traffic).await {
                         Ok(now) => now,
-                        Err(error) => return Some((Err(error), (pool, traffic, last, true))),
+                        Err(error) => {
+                            return Some((Err(error), (pool, traffic, batches, last, true)))
+                        }
                     };
                     if last.as_ref() != Some(&now) {
-                        return Some((Ok(now.clone()), (pool, traffic, Some(now), true)));
+                        return Some((Ok(now.clone()), (pool, traffic, batches, Some(now), true)));
                     }
-                    tokio::time::sleep(interval).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        batch = batches.next() => {
+                            if batch.is_none() {
+                                // No feed any more: the interval alone.
+                                tokio::time::sleep(interval).await;
+                            }
+                        }
+                    }
                 }
             },
         ))
@@ -140,10 +169,11 @@ impl DashboardQuery {
 }
 
 async fn current(pool: &Pool, traffic: &Traffic) -> Result<Dashboard> {
-    let (active_users, revenue_today) = figures(pool).await?;
+    let (active_users, revenue_today, metric_rows_last_minute) = figures(pool).await?;
     Ok(Dashboard {
         active_users,
         revenue_today,
         requests_per_second: traffic.rate(),
+        metric_rows_last_minute,
     })
 }
