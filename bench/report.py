@@ -68,6 +68,18 @@ live_rows = "\n".join(
     ]
     if label in rows
 )
+ing, up = rows.get("ingest-2000000"), rows.get("upload-1024")
+mib = lambda b: f"{b / (1 << 20):.1f}"
+stream_values = dict(
+    ingest_rate=f"{ing['rows_per_second']:,.0f}" if ing else "—",
+    ingest_rows=f"{ing['rows']:,}" if ing else "—",
+    ingest_seconds=f"{ing['seconds']:.1f}" if ing else "—",
+    ingest_ok=met(ing and ing["rows_per_second"] >= 200000),
+    ingest_cpu=f"{ing['server_cpu_us_per_row']:.2f}" if ing and ing.get("server_cpu_us_per_row") else "—",
+    upload_rate=f"{up['mebibytes_per_second']:.1f}" if up else "—",
+    upload_rss_before=mib(up["server_rss_before_bytes"]) if up else "—",
+    upload_rss_peak=mib(up["server_rss_peak_bytes"]) if up else "—",
+)
 template = (here / "BENCHMARKS.template.md").read_text()
 values = dict(
     hold_kib=kib(h), hold_ok=met(h["server_bytes_per_connection"] <= 8192 and h["failed_connections"] == 0),
@@ -86,6 +98,7 @@ values = dict(
     chat_rows=chat_rows,
     snapshot_rows=snapshot_rows,
     live_rows=live_rows,
+    **stream_values,
     signed_ratio=f"{signed['deliveries_per_second'] / anon['deliveries_per_second']:.0%}",
     signed_kib=kib(signed),
 )

@@ -6,6 +6,7 @@
 #   bench/run.sh signed-in  10,000 anonymous vs 10,000 signed-in subscribers
 #   bench/run.sh chat       one chat room of 5,000 members vs changes, both signed in
 #   bench/run.sh live       liveRows: time to a complete snapshot, and 1,000 live sets
+#   bench/run.sh streams    rows/s through /streams/metrics, MiB/s through /streams/uploads
 #   bench/run.sh hold|churn one scenario
 # Needs: cargo build --release; PostgreSQL binaries (initdb, pg_ctl);
 # taskset (util-linux). The server runs on core 0; its Postgres and the
@@ -69,6 +70,14 @@ if [ "$what" = all ] || [ "$what" = live ]; then
   done
   run live-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8 --live
   run changes-1000x100 fanout --subscribers 1000 --rate 100 --seconds 10 --processes 2 --sources 8
+fi
+if [ "$what" = all ] || [ "$what" = streams ]; then
+  start_server
+  echo "== ingest" >&2
+  taskset -c 1 "$LOADGEN" ingest --rows 2000000 --requests 2 --sign-in-with "$SECRET" --server-pid "$SERVER" | sed 's/^{/{"label":"ingest-2000000",/' | tee -a "$OUT"
+  start_server
+  echo "== upload" >&2
+  taskset -c 1 "$LOADGEN" upload --mebibytes 1024 --sign-in-with "$SECRET" --server-pid "$SERVER" | sed 's/^{/{"label":"upload-1024",/' | tee -a "$OUT"
 fi
 if [ "$what" = all ] || [ "$what" = curves ]; then
   for n in 1000 5000 10000 19000; do

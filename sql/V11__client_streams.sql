@@ -19,8 +19,9 @@ CREATE TABLE tidewire.metrics (
     value double precision NOT NULL,
     recorded_at timestamptz NOT NULL
 );
+-- The only index: each request's statistics read its batch. (An index on
+-- name and time cost a fifth of the ingest rate; add one for your queries.)
 CREATE INDEX metrics_batch ON tidewire.metrics (batch_id, name);
-CREATE INDEX metrics_name_time ON tidewire.metrics (name, recorded_at);
 
 -- An upload is `receiving` until its request ends: `complete` in the same
 -- transaction as its chunks, or `failed` (its chunks rolled back).

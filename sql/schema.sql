@@ -972,13 +972,6 @@ CREATE INDEX metrics_batch ON tidewire.metrics USING btree (batch_id, name);
 
 
 --
--- Name: metrics_name_time; Type: INDEX; Schema: tidewire; Owner: -
---
-
-CREATE INDEX metrics_name_time ON tidewire.metrics USING btree (name, recorded_at);
-
-
---
 -- Name: notifications_user; Type: INDEX; Schema: tidewire; Owner: -
 --
 

@@ -399,7 +399,10 @@ async fn ingested_metrics_reach_the_dashboard() {
         json!({}),
     )
     .await;
-    assert_eq!(ann.next_item("d", "dashboard").await["metricRowsLastMinute"], 0);
+    assert_eq!(
+        ann.next_item("d", "dashboard").await["metricRowsLastMinute"],
+        0
+    );
     let mut body = String::new();
     for i in 0..250 {
         body.push_str(&format!(

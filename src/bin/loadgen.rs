@@ -10,6 +10,9 @@
 //!   and the writers post messages to it; with `--live`, they hold the
 //!   table as a live set (`liveRows`).
 //! - `snapshot`: time from `liveRows` to `READY` over a table of N rows.
+//! - `ingest`: rows/s through `POST /streams/metrics`.
+//! - `upload`: MiB/s through `POST /streams/uploads`, and the server's
+//!   memory while it runs.
 //! - `churn`: connect + `connection_init` + `subscribe` as fast as possible.
 //! - `writes`: W writers committing as fast as possible, one subscriber
 //!   checking that nothing is lost.
@@ -67,6 +70,10 @@ enum Scenario {
     Writes(WritesArgs),
     /// Time to a complete `liveRows` snapshot.
     Snapshot(SnapshotArgs),
+    /// Metrics rows/s through `POST /streams/metrics`.
+    Ingest(IngestArgs),
+    /// One large upload through `POST /streams/uploads`.
+    Upload(UploadArgs),
     /// (internal) one client process of `fanout` or `churn`.
     Client(ClientArgs),
 }
@@ -120,6 +127,38 @@ struct FanoutArgs {
     /// instead of `changes`.
     #[arg(long, conflicts_with = "chat")]
     live: bool,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    server: SocketAddrV4,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server's --jwt-secret, to sign the token.
+    #[arg(long)]
+    sign_in_with: String,
+    /// Rows over all requests.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Requests at once.
+    #[arg(long, default_value_t = 2)]
+    requests: usize,
+}
+
+#[derive(Args)]
+struct UploadArgs {
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    server: SocketAddrV4,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server's --jwt-secret, to sign the token.
+    #[arg(long)]
+    sign_in_with: String,
+    #[arg(long, default_value_t = 1024)]
+    mebibytes: usize,
+    #[arg(long, default_value_t = 256)]
+    chunk_kib: usize,
 }
 
 #[derive(Args)]
@@ -225,6 +264,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Churn(args) => runtime.block_on(churn(args)),
         Scenario::Writes(args) => runtime.block_on(writes(args)),
         Scenario::Snapshot(args) => runtime.block_on(snapshot(args)),
+        Scenario::Ingest(args) => runtime.block_on(ingest(args)),
+        Scenario::Upload(args) => runtime.block_on(upload(args)),
         Scenario::Client(args) => runtime.block_on(client_process(args)),
     }
 }
@@ -456,6 +497,180 @@ async fn writes(args: WritesArgs) -> anyhow::Result<()> {
             "missing": report.missing,
             "duplicates_or_out_of_order": report.duplicates_or_out_of_order,
             "latency_ms": latency_summary(&report.histogram),
+        })
+    );
+    Ok(())
+}
+
+/// Sends `body` as a chunked `POST path` with `token`, `piece` bytes at a
+/// time as `make` produces them; the status and the answer's body.
+async fn post_chunked(
+    server: SocketAddrV4,
+    path: &str,
+    token: &str,
+    mut make: impl FnMut() -> Option<Vec<u8>>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {server}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    while let Some(piece) = make() {
+        stream
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await?;
+        stream.write_all(&piece).await?;
+        stream.write_all(b"\r\n").await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `requests` concurrent `POST /streams/metrics` of `rows` rows together.
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let token = user_token(&args.sign_in_with, "bench-ingest")?;
+    let per_request = args.rows / args.requests.max(1) as u64;
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for request in 0..args.requests.max(1) {
+        let token = token.clone();
+        let server = args.server;
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            post_chunked(server, "/streams/metrics", &token, move || {
+                if sent >= per_request {
+                    return None;
+                }
+                // About 64 KiB per piece.
+                let mut piece = Vec::with_capacity(70_000);
+                while sent < per_request && piece.len() < 64 * 1024 {
+                    let name = ["cpu", "latency", "queue", "errors"][(sent % 4) as usize];
+                    let value = ((sent * 7919 + request as u64) % 100_000) as f64 / 100.0;
+                    let _ = writeln!(
+                        piece,
+                        "{{\"name\":\"{name}\",\"value\":{value},\"timestamp\":\"2026-11-28T10:00:00.000Z\"}}"
+                    );
+                    sent += 1;
+                }
+                Some(piece)
+            })
+            .await
+        }));
+    }
+    let mut rows = 0u64;
+    for task in tasks {
+        let (status, body) = task.await??;
+        if status != 200 {
+            bail!("ingest answered {status}: {body}");
+        }
+        let answer: serde_json::Value = serde_json::from_str(&body)?;
+        rows += answer["rows"].as_u64().unwrap_or(0);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, args.server_pid.and_then(cpu_seconds)) {
+        (Some(a), Some(b)) => json!((b - a) * 1e6 / rows.max(1) as f64),
+        _ => json!(null),
+    };
+    println!(
+        "{}",
+        json!({
+            "scenario": "ingest",
+            "rows": rows,
+            "requests": args.requests,
+            "seconds": seconds,
+            "rows_per_second": rows as f64 / seconds,
+            "server_cpu_us_per_row": cpu,
+        })
+    );
+    Ok(())
+}
+
+/// One `POST /streams/uploads` of `mebibytes`, sampling the server's
+/// memory while it runs.
+async fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    use base64::Engine;
+    use sha2::Digest;
+    let token = user_token(&args.sign_in_with, "bench-upload")?;
+    let chunk = args.chunk_kib * 1024;
+    let chunks = args.mebibytes * 1024 * 1024 / chunk;
+    let rss_before = args.server_pid.and_then(rss_bytes);
+    let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
+    let sampler = args.server_pid.map(|pid| {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = rss_bytes(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let mut hash = sha2::Sha256::new();
+    let mut sequence = 0usize;
+    let mut data = vec![0u8; chunk];
+    let started = Instant::now();
+    let (status, body) = post_chunked(args.server, "/streams/uploads", &token, || {
+        if sequence >= chunks {
+            return None;
+        }
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = ((i * 31 + sequence * 7) % 251) as u8;
+        }
+        hash.update(&data);
+        let line = json!({
+            "sequence": sequence,
+            "data": base64::engine::general_purpose::STANDARD.encode(&data),
+            "timestamp": "2026-11-28T10:00:00Z",
+        });
+        sequence += 1;
+        let mut piece = line.to_string().into_bytes();
+        piece.push(b'\n');
+        Some(piece)
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    if status != 200 {
+        bail!("upload answered {status}: {body}");
+    }
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let local: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if answer["sha256"] != local.as_str() {
+        bail!(
+            "the server's sha256 {} is not ours {local}",
+            answer["sha256"]
+        );
+    }
+    let bytes = (chunks * chunk) as f64;
+    println!(
+        "{}",
+        json!({
+            "scenario": "upload",
+            "mebibytes": args.mebibytes,
+            "chunk_kib": args.chunk_kib,
+            "seconds": seconds,
+            "mebibytes_per_second": bytes / (1 << 20) as f64 / seconds,
+            "server_rss_before_bytes": rss_before,
+            "server_rss_peak_bytes": peak.load(Ordering::Relaxed),
+            "sha256_verified": true,
         })
     );
     Ok(())

@@ -50,6 +50,9 @@ pub enum Refusal {
     /// Over a configured limit (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    /// A query parameter that is not what the endpoint takes (HTTP 400).
+    #[error("{0}")]
+    BadParameter(String),
     /// The upload id the client chose is taken (HTTP 409).
     #[error("{0}")]
     Conflict(String),
@@ -249,10 +252,17 @@ pub async fn upload(
     max_chunk_bytes: usize,
     lines: impl Stream<Item = Result<Line, Refusal>>,
 ) -> Result<UploadResult, (Option<String>, Refusal)> {
-    if chosen.is_some_and(|id| !crate::services::sessions::is_uuid(id)) {
+    // Ids are compared as Postgres prints them: lower-case.
+    let chosen = chosen.map(str::to_ascii_lowercase);
+    if chosen
+        .as_deref()
+        .is_some_and(|id| !crate::services::sessions::is_uuid(id))
+    {
         return Err((
             None,
-            bad(0, "`uploadId` is a UUID (lower-case, with dashes)"),
+            Refusal::BadParameter(
+                "`uploadId` is a UUID, e.g. 0b6f2a2e-9a41-4a7e-8f5e-1d2c3b4a5f60".into(),
+            ),
         ));
     }
     let progress = pool.get().await.map_err(|e| (None, e.into()))?;
@@ -526,7 +536,7 @@ impl UploadsSubscription {
             ctx.data_unchecked::<Limits>().page,
         )
         .queued_as(super::catchup_client(ctx));
-        let wanted = upload_id.to_string();
+        let wanted = upload_id.to_ascii_lowercase();
         let keep = move |change: &Change| {
             let text = |name: &str| {
                 change

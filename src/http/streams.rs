@@ -161,7 +161,7 @@ async fn admit(state: &AppState, headers: &HeaderMap) -> Result<String, Response
 /// What a refused request answers; nothing of it was kept.
 fn refused(refusal: Refusal, upload_id: Option<String>) -> Response {
     let (status, code) = match &refusal {
-        Refusal::BadLine { .. } | Refusal::Read(_) => {
+        Refusal::BadLine { .. } | Refusal::Read(_) | Refusal::BadParameter(_) => {
             (StatusCode::BAD_REQUEST, ErrorCode::BadUserInput)
         }
         Refusal::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BadUserInput),
