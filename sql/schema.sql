@@ -968,7 +968,7 @@ CREATE INDEX messages_room ON tidewire.messages USING btree (room_id, id DESC);
 -- Name: metrics_batch; Type: INDEX; Schema: tidewire; Owner: -
 --
 
-CREATE INDEX metrics_batch ON tidewire.metrics USING btree (batch_id, name);
+CREATE INDEX metrics_batch ON tidewire.metrics USING brin (batch_id);
 
 
 --
@@ -1187,14 +1187,6 @@ CREATE TRIGGER tidewire_capture_update AFTER UPDATE ON tidewire.upload_progress 
 
 ALTER TABLE ONLY tidewire.messages
     ADD CONSTRAINT messages_room_id_fkey FOREIGN KEY (room_id) REFERENCES tidewire.rooms(id) ON DELETE CASCADE;
-
-
---
--- Name: metrics metrics_batch_id_fkey; Type: FK CONSTRAINT; Schema: tidewire; Owner: -
---
-
-ALTER TABLE ONLY tidewire.metrics
-    ADD CONSTRAINT metrics_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES tidewire.metric_batches(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
 
 
 --
