@@ -333,14 +333,17 @@ impl Fanout {
             Some((key, group)) => (key.clone(), group.clone()),
             None => {
                 let shape = Arc::new(shape);
+                // A group whose members start alone runs from here on.
+                let live_from = shape.starts_alone.then_some(start);
                 let group = Arc::new(Group {
                     ring: Ring::new(self.buffer.items, self.buffer.bytes),
-                    last: Mutex::new(None),
+                    // It has (as good as) delivered everything up to where
+                    // it starts: a member whose own start ends before that
+                    // must not rejoin until it has read up to there.
+                    last: Mutex::new(live_from),
                     members: AtomicUsize::new(0),
                     task: Mutex::new(None),
                 });
-                // A group whose members start alone runs from here on.
-                let live_from = shape.starts_alone.then_some(start);
                 let task = tokio::spawn(self.clone().execute(
                     shape.clone(),
                     group.clone(),

@@ -538,3 +538,42 @@ async fn a_crowd_asking_for_one_set_reads_one_snapshot() {
         reads + 2.0
     );
 }
+
+#[tokio::test]
+async fn a_kept_snapshot_older_than_a_new_group_loses_nothing() {
+    let server = TestServer::start().await;
+    items_table(&server, 200).await;
+    let filter = json!({"n": {"_lt": IN_SET}});
+    // The first subscriber's snapshot is kept; it leaves, and its group
+    // ends with it.
+    let mut first = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+    first
+        .subscribe("live", LIVE, json!({"table": "items", "where": filter}))
+        .await;
+    let mut set = Materialized::default();
+    while !set.ready {
+        set.apply(&first.next_item("live", "liveRows").await);
+    }
+    drop(first);
+    wait_for_metric(&server, "tidewire_shared_executions", |v| v == 0.0).await;
+    // A change after the kept snapshot, then a subscriber served that
+    // snapshot: its new group starts after the change.
+    server.sql("UPDATE items SET n = 0 WHERE id = 99").await;
+    wait_for_metric(&server, "tidewire_changes_published_total", |v| v >= 1.0).await;
+    let mut late = GqlClient::connect(server.addr, "graphql-transport-ws").await;
+    late.subscribe("live", LIVE, json!({"table": "items", "where": filter}))
+        .await;
+    let mut set = Materialized::default();
+    while !set.ready {
+        set.apply(&late.next_item("live", "liveRows").await);
+    }
+    server
+        .sql(&format!("INSERT INTO items (id, n) VALUES ({SENTINEL}, 0)"))
+        .await;
+    until_sentinel(&mut late, "live", &mut set).await;
+    assert!(
+        set.rows.contains_key(&99),
+        "the change between the kept snapshot and the group was lost"
+    );
+    assert!(set.rows == expected(&server).await);
+}
