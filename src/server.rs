@@ -261,6 +261,12 @@ impl App {
                 max_chunk_bytes: self.config.upload_max_chunk_bytes,
                 idle_timeout: self.config.http_read_timeout,
                 per_user: RateLimiter::per_minute(self.config.stream_requests_per_minute),
+                // Each holds up to two pooled connections.
+                running: Arc::new(tokio::sync::Semaphore::new(
+                    (self.config.pool_size / 4).max(1),
+                )),
+                running_per_user: 2,
+                users: Default::default(),
             }),
         };
         let admission = state.admission.clone();

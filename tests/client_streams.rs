@@ -414,3 +414,60 @@ async fn ingested_metrics_reach_the_dashboard() {
     // Other figures (requests per second) may change first.
     while ann.next_item("d", "dashboard").await["metricRowsLastMinute"] != 250 {}
 }
+
+#[tokio::test]
+async fn a_user_runs_at_most_two_stream_requests_at_once() {
+    let server = server().await;
+    // Two uploads whose bodies stay open.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let request = reqwest::Client::new()
+            .post(server.url("/streams/uploads"))
+            .header("authorization", bearer("ann"))
+            .body(body)
+            .send();
+        open.push((tx, tokio::spawn(request)));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let running = || async {
+        server
+            .db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM tidewire.uploads WHERE status = 'receiving'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    while running().await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the uploads never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, refusal) = post(&server, "/streams/metrics", Some("ann"), Vec::new()).await;
+    assert_eq!(status, 429, "{refusal}");
+    // Someone else is not held back by ann's.
+    let (status, _) = post(&server, "/streams/metrics", Some("bob"), Vec::new()).await;
+    assert_eq!(status, 200);
+    // Once one ends, ann may start another.
+    let (tx, request) = open.pop().unwrap();
+    drop(tx);
+    let _ = request.await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = post(&server, "/streams/metrics", Some("ann"), Vec::new()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -116,6 +116,11 @@ pub struct Statistics {
 
 /// Longest metric name, in bytes.
 pub const MAX_METRIC_NAME: usize = 200;
+/// Most distinct names in one request: the answer holds a line per name.
+pub const MAX_METRIC_NAMES: usize = 1000;
+/// A request's transaction whose client stops sending for this long is
+/// ended by Postgres: a stalled client cannot hold back vacuum.
+const IDLE_IN_TRANSACTION: &str = "60s";
 
 /// Writes every metric of `lines` for `user` in one transaction and
 /// answers the statistics per name.
@@ -140,6 +145,12 @@ async fn write_metrics(
     lines: impl Stream<Item = Result<Line, Refusal>>,
 ) -> Result<Vec<Statistics>, Refusal> {
     let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+        ))
+        .await?;
+    let mut names = std::collections::HashSet::new();
     let batch: i64 = transaction
         .query_one(
             "SELECT nextval(pg_get_serial_sequence('tidewire.metric_batches', 'id'))",
@@ -167,10 +178,24 @@ async fn write_metrics(
                 format!("not a metric {{\"name\", \"value\", \"timestamp\"}}: {error}"),
             )
         })?;
-        if metric.name.is_empty() || metric.name.len() > MAX_METRIC_NAME {
+        if metric.name.is_empty()
+            || metric.name.len() > MAX_METRIC_NAME
+            || metric.name.contains('\0')
+        {
             return Err(bad(
                 line.number,
-                format!("a name is 1–{MAX_METRIC_NAME} bytes"),
+                format!("a name is 1–{MAX_METRIC_NAME} bytes, without NUL"),
+            ));
+        }
+        if !(1..=9999).contains(&chrono::Datelike::year(&metric.timestamp)) {
+            return Err(bad(line.number, "a timestamp's year is 1–9999"));
+        }
+        if names.len() < MAX_METRIC_NAMES {
+            names.insert(metric.name.clone());
+        } else if !names.contains(&metric.name) {
+            return Err(bad(
+                line.number,
+                format!("more than {MAX_METRIC_NAMES} distinct names in one request"),
             ));
         }
         if !metric.value.is_finite() {
@@ -343,6 +368,11 @@ async fn store_chunks(
     lines: impl Stream<Item = Result<Line, Refusal>>,
 ) -> Result<UploadResult, Refusal> {
     let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+        ))
+        .await?;
     let insert = transaction
         .prepare("INSERT INTO tidewire.upload_chunks (upload_id, sequence, data) VALUES ($1::text::uuid, $2, $3)")
         .await?;

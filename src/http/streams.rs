@@ -4,7 +4,12 @@
 //! sends faster than the database takes waits (backpressure), and memory
 //! holds one line whatever the body's size.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -16,6 +21,7 @@ use axum::{
 use futures_util::{stream, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{authenticate, client_error, AppState};
 use crate::{
@@ -36,6 +42,54 @@ pub struct StreamLimits {
     pub idle_timeout: Duration,
     /// Stream requests per user per minute.
     pub per_user: RateLimiter,
+    /// Stream requests running at once, over all users: each holds pooled
+    /// connections for as long as its client sends.
+    pub running: Arc<Semaphore>,
+    /// Stream requests running at once per user.
+    pub running_per_user: usize,
+    /// Users' running requests.
+    pub users: Mutex<HashMap<String, usize>>,
+}
+
+/// One running stream request of a user; counted until dropped.
+struct Running<'a> {
+    limits: &'a StreamLimits,
+    user: String,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut users = self
+            .limits
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = users.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl StreamLimits {
+    /// A place for one more request of `user`, if there is room.
+    fn start(&self, user: &str) -> Option<Running<'_>> {
+        let slot = self.running.clone().try_acquire_owned().ok()?;
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = users.entry(user.to_owned()).or_default();
+        if *count >= self.running_per_user {
+            return None;
+        }
+        *count += 1;
+        Some(Running {
+            limits: self,
+            user: user.to_owned(),
+            _slot: slot,
+        })
+    }
 }
 
 /// Lines of `body`, numbered from 1, within the limits.
@@ -45,6 +99,8 @@ fn lines(body: Body, limits: &StreamLimits) -> impl Stream<Item = Result<Line, R
         buffer: Vec<u8>,
         /// Where the next line starts in `buffer`.
         start: usize,
+        /// How far past `start` is known to hold no newline.
+        scanned: usize,
         number: u64,
         total: u64,
         ended: bool,
@@ -58,6 +114,7 @@ fn lines(body: Body, limits: &StreamLimits) -> impl Stream<Item = Result<Line, R
         chunks: body.into_data_stream(),
         buffer: Vec::new(),
         start: 0,
+        scanned: 0,
         number: 0,
         total: 0,
         ended: false,
@@ -66,7 +123,13 @@ fn lines(body: Body, limits: &StreamLimits) -> impl Stream<Item = Result<Line, R
         let mut reader = state?;
         loop {
             let rest = &reader.buffer[reader.start..];
-            let newline = rest.iter().position(|b| *b == b'\n');
+            // Only bytes not looked at before: a line sent a byte at a time
+            // costs linear time, not quadratic.
+            let newline = rest[reader.scanned..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|at| at + reader.scanned);
+            reader.scanned = if newline.is_some() { 0 } else { rest.len() };
             if newline.unwrap_or(rest.len()) > max_line {
                 let refusal = Refusal::TooLarge(format!(
                     "line {}: longer than {max_line} bytes",
@@ -158,6 +221,15 @@ async fn admit(state: &AppState, headers: &HeaderMap) -> Result<String, Response
     Ok(viewer.user_id)
 }
 
+/// Too many stream requests at once (this user's, or everyone's).
+fn busy() -> Response {
+    client_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        "too many stream requests running at once; retry when one has finished",
+    )
+}
+
 /// What a refused request answers; nothing of it was kept.
 fn refused(refusal: Refusal, upload_id: Option<String>) -> Response {
     let (status, code) = match &refusal {
@@ -210,6 +282,9 @@ pub(super) async fn metrics(
         Ok(user) => user,
         Err(refusal) => return refusal,
     };
+    let Some(_running) = state.streams.start(&user) else {
+        return busy();
+    };
     let lines = lines(body, &state.streams);
     match ingest_metrics(&state.pool, &user, lines).await {
         Ok(statistics) => {
@@ -239,6 +314,9 @@ pub(super) async fn uploads(
     let user = match admit(&state, &parts.headers).await {
         Ok(user) => user,
         Err(refusal) => return refusal,
+    };
+    let Some(_running) = state.streams.start(&user) else {
+        return busy();
     };
     let lines = lines(body, &state.streams);
     match upload(
