@@ -108,7 +108,10 @@ impl LiveRowsSubscription {
             "{}\n{}\n{}",
             tracked.name,
             filter_key.unwrap_or_default(),
-            owner.as_ref().map_or("*", |owner| owner.user())
+            owner.as_ref().map_or_else(
+                || "all rows".to_owned(),
+                |owner| format!("rows of user {}", owner.user())
+            )
         );
         let limits = ctx.data_unchecked::<Limits>();
         let hub = ctx.data_unchecked::<Arc<Hub>>();

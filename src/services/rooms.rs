@@ -503,8 +503,11 @@ fn split(changes: HashMap<(RoomId, User), bool>) -> (Pairs, Pairs) {
 
 /// `on` and `off` in slices whose message stays under [`MAX_PAYLOAD`].
 fn batches(on: Pairs, off: Pairs) -> Vec<(Pairs, Pairs)> {
-    // Room id, quotes, brackets and commas around each user id.
-    let size = |(_, user): &(RoomId, String)| user.len() + 28;
+    // The user id as JSON (escapes included), with the room id, brackets
+    // and commas around it.
+    let size = |(_, user): &(RoomId, String)| {
+        serde_json::to_string(user).map_or(user.len() * 6, |text| text.len()) + 26
+    };
     let budget = MAX_PAYLOAD - 200;
     let mut out = vec![(Vec::new(), Vec::new())];
     let mut used = 0;

@@ -54,17 +54,19 @@ struct State {
 pub struct MembershipWatch {
     registry: Arc<Memberships>,
     key: Key,
-    receiver: watch::Receiver<u64>,
+    /// Taken and dropped under the registry's lock on drop.
+    receiver: Option<watch::Receiver<u64>>,
 }
 
 impl Drop for MembershipWatch {
     fn drop(&mut self) {
         let mut state = self.registry.lock();
-        // Ours is the last receiver: nobody watches the pair any more.
+        drop(self.receiver.take());
+        // Nobody watches the pair any more.
         if state
             .watches
             .get(&self.key)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
+            .is_some_and(|sender| sender.receiver_count() == 0)
         {
             state.watches.remove(&self.key);
         }
@@ -108,7 +110,7 @@ impl Memberships {
         MembershipWatch {
             registry: self.clone(),
             key,
-            receiver,
+            receiver: Some(receiver),
         }
     }
 
@@ -207,7 +209,11 @@ pub(super) async fn lease(
     let user = user.to_owned();
     let ended = async move {
         loop {
-            if watch.receiver.changed().await.is_err() {
+            let changed = match watch.receiver.as_mut() {
+                Some(receiver) => receiver.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
                 // The registry is gone (shutting down): never ends here.
                 std::future::pending::<()>().await;
             }
