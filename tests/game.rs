@@ -518,6 +518,14 @@ async fn playing_needs_a_signed_in_user_and_open_games_are_capped() {
     let join_over_cap = request(addr, Some("ann"), JOIN, json!({"g": carls["id"]})).await;
     assert_eq!(refusal(&join_over_cap, "joinGame"), "BAD_USER_INPUT");
     assert_eq!(version(&current(addr, &carls).await), 1);
+
+    // Games nobody moved in for an hour (an opponent who joined and went
+    // quiet) no longer count: ann may play again.
+    server
+        .sql("UPDATE tidewire.games SET updated_at = now() - interval '2 hours' WHERE player_one = 'ann'")
+        .await;
+    let again = request(addr, Some("ann"), CREATE, json!({})).await;
+    assert!(again["errors"].is_null(), "{again}");
 }
 
 #[tokio::test]

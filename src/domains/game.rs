@@ -494,7 +494,10 @@ async fn below_cap(tx: &deadpool_postgres::Transaction<'_>, user: &str) -> Resul
     let open: i64 = tx
         .query_one(
             "SELECT count(*) FROM tidewire.games
-              WHERE (player_one = $1 OR player_two = $1) AND status IN ('WAITING', 'PLAYING')",
+              WHERE (player_one = $1 OR player_two = $1) AND status IN ('WAITING', 'PLAYING')
+                -- A game nobody moved in for an hour no longer counts: an
+                -- opponent who joins and never moves cannot lock a player out.
+                AND updated_at > now() - interval '1 hour'",
             &[&user],
         )
         .await

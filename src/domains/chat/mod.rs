@@ -288,8 +288,17 @@ impl ChatMutation {
             return Err(ErrorCode::BadUserInput
                 .error(format!("a room name is 1–{MAX_ROOM_NAME_CHARS} characters")));
         }
-        let client = pool(ctx).get().await.map_err(database)?;
-        let row = client
+        let mut client = pool(ctx).get().await.map_err(database)?;
+        let transaction = client.transaction().await.map_err(database)?;
+        // One owner's rooms are counted and created one request at a time.
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext('tidewire.rooms'), hashtext($1))",
+                &[user],
+            )
+            .await
+            .map_err(database)?;
+        let row = transaction
             .query_opt(
                 "WITH room AS (
                      INSERT INTO tidewire.rooms (name, private, owner_id)
@@ -304,6 +313,7 @@ impl ChatMutation {
             )
             .await
             .map_err(database)?;
+        transaction.commit().await.map_err(database)?;
         row.as_ref().map(Room::from_row).ok_or_else(|| {
             ErrorCode::BadUserInput.error(format!(
                 "you own {MAX_ROOMS_PER_OWNER} rooms already, the most one user may"
