@@ -471,3 +471,20 @@ async fn a_user_runs_at_most_two_stream_requests_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_last_line_without_a_newline_counts() {
+    let server = server().await;
+    let body = "{\"name\":\"a\",\"value\":1,\"timestamp\":\"2026-11-28T10:00:00Z\"}\n\
+                {\"name\":\"a\",\"value\":3,\"timestamp\":\"2026-11-28T10:00:00Z\"}";
+    let (status, answer) = post(
+        &server,
+        "/streams/metrics",
+        Some("ann"),
+        body.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["statistics"][0]["count"], 2);
+    assert_eq!(answer["statistics"][0]["mean"], 2.0);
+}

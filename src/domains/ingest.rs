@@ -127,7 +127,7 @@ const IDLE_IN_TRANSACTION: &str = "60s";
 pub async fn ingest_metrics(
     pool: &Pool,
     user: &str,
-    lines: impl Stream<Item = Result<Line, Refusal>>,
+    lines: &mut (impl Stream<Item = Result<Line, Refusal>> + Unpin),
 ) -> Result<Vec<Statistics>, Refusal> {
     let mut client = pool.get().await?;
     match write_metrics(&mut client, user, lines).await {
@@ -142,7 +142,7 @@ pub async fn ingest_metrics(
 async fn write_metrics(
     client: &mut Pooled,
     user: &str,
-    lines: impl Stream<Item = Result<Line, Refusal>>,
+    lines: &mut (impl Stream<Item = Result<Line, Refusal>> + Unpin),
 ) -> Result<Vec<Statistics>, Refusal> {
     let transaction = client.transaction().await?;
     transaction
@@ -165,7 +165,6 @@ async fn write_metrics(
         sink,
         &[Type::INT8, Type::TEXT, Type::FLOAT8, Type::TIMESTAMPTZ],
     ));
-    let mut lines = pin!(lines);
     let mut rows: i64 = 0;
     while let Some(line) = lines.next().await {
         let line = line?;
@@ -275,7 +274,7 @@ pub async fn upload(
     user: &str,
     chosen: Option<&str>,
     max_chunk_bytes: usize,
-    lines: impl Stream<Item = Result<Line, Refusal>>,
+    lines: &mut (impl Stream<Item = Result<Line, Refusal>> + Unpin),
 ) -> Result<UploadResult, (Option<String>, Refusal)> {
     // Ids are compared as Postgres prints them: lower-case.
     let chosen = chosen.map(str::to_ascii_lowercase);
@@ -365,7 +364,7 @@ async fn store_chunks(
     id: &str,
     user: &str,
     max_chunk_bytes: usize,
-    lines: impl Stream<Item = Result<Line, Refusal>>,
+    lines: &mut (impl Stream<Item = Result<Line, Refusal>> + Unpin),
 ) -> Result<UploadResult, Refusal> {
     let transaction = client.transaction().await?;
     transaction
@@ -378,7 +377,6 @@ async fn store_chunks(
         .await?;
     let mut hash = Sha256::new();
     let (mut chunks, mut bytes): (i64, i64) = (0, 0);
-    let mut lines = pin!(lines);
     while let Some(line) = lines.next().await {
         let line = line?;
         if blank(&line) {

@@ -125,10 +125,11 @@ fn lines(body: Body, limits: &StreamLimits) -> impl Stream<Item = Result<Line, R
             let rest = &reader.buffer[reader.start..];
             // Only bytes not looked at before: a line sent a byte at a time
             // costs linear time, not quadratic.
-            let newline = rest[reader.scanned..]
+            let from = reader.scanned.min(rest.len());
+            let newline = rest[from..]
                 .iter()
                 .position(|b| *b == b'\n')
-                .map(|at| at + reader.scanned);
+                .map(|at| at + from);
             reader.scanned = if newline.is_some() { 0 } else { rest.len() };
             if newline.unwrap_or(rest.len()) > max_line {
                 let refusal = Refusal::TooLarge(format!(
@@ -159,6 +160,7 @@ fn lines(body: Body, limits: &StreamLimits) -> impl Stream<Item = Result<Line, R
                     number: reader.number,
                     bytes: std::mem::take(&mut reader.buffer),
                 };
+                reader.scanned = 0;
                 return Some((Ok(line), Some(reader)));
             }
             let next: Option<Result<Bytes, axum::Error>> =
@@ -219,6 +221,32 @@ async fn admit(state: &AppState, headers: &HeaderMap) -> Result<String, Response
         ));
     }
     Ok(viewer.user_id)
+}
+
+/// Most of a refused request's body read (and thrown away) so that its
+/// client, still sending, gets the answer rather than a reset connection.
+const DRAIN_BYTES: usize = 64 << 20;
+/// Longest time spent reading a refused request's body.
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+
+/// Reads what is left of a refused body, within [`DRAIN_BYTES`] and
+/// [`DRAIN_FOR`]: closing a connection the client is still writing to
+/// makes it see a broken pipe instead of why it was refused. A body over
+/// its size limit or one that stopped arriving is not read further.
+async fn drain(lines: &mut (impl Stream<Item = Result<Line, Refusal>> + Unpin), refusal: &Refusal) {
+    if matches!(refusal, Refusal::TooLarge(_) | Refusal::Read(_)) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        let mut read = 0;
+        while let Some(Ok(line)) = lines.next().await {
+            read += line.bytes.len() + 1;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Too many stream requests at once (this user's, or everyone's).
@@ -285,13 +313,16 @@ pub(super) async fn metrics(
     let Some(_running) = state.streams.start(&user) else {
         return busy();
     };
-    let lines = lines(body, &state.streams);
-    match ingest_metrics(&state.pool, &user, lines).await {
+    let mut lines = Box::pin(lines(body, &state.streams));
+    match ingest_metrics(&state.pool, &user, &mut lines).await {
         Ok(statistics) => {
             let rows: i64 = statistics.iter().map(|s| s.count).sum();
             Json(json!({"rows": rows, "statistics": statistics})).into_response()
         }
-        Err(refusal) => refused(refusal, None),
+        Err(refusal) => {
+            drain(&mut lines, &refusal).await;
+            refused(refusal, None)
+        }
     }
 }
 
@@ -318,17 +349,20 @@ pub(super) async fn uploads(
     let Some(_running) = state.streams.start(&user) else {
         return busy();
     };
-    let lines = lines(body, &state.streams);
+    let mut lines = Box::pin(lines(body, &state.streams));
     match upload(
         &state.pool,
         &user,
         params.upload_id.as_deref(),
         state.streams.max_chunk_bytes,
-        lines,
+        &mut lines,
     )
     .await
     {
         Ok(result) => Json(result).into_response(),
-        Err((id, refusal)) => refused(refusal, id),
+        Err((id, refusal)) => {
+            drain(&mut lines, &refusal).await;
+            refused(refusal, id)
+        }
     }
 }
