@@ -16,12 +16,11 @@ use deadpool_postgres::Pool;
 use futures_util::{stream, Stream, StreamExt};
 use serde_json::Value;
 
-use super::Limits;
 use crate::{
     auth::Viewer,
-    db::{Change, ChangeLog, Cursor, Op},
+    db::{Change, Cursor, Op},
     error::{cursor_expired, database, internal, ErrorCode},
-    hub::{Feed, Hub},
+    hub::Hub,
     services::MutationLimit,
 };
 
@@ -713,13 +712,7 @@ impl GameSubscription {
         // Everything committed after the snapshot's position.
         let after = Cursor::new(position, i64::MAX);
         let first = State::from_row(&row, 1)?.into_game(Some(after.to_string()));
-        let feed = Feed::new(
-            ctx.data_unchecked::<ChangeLog>().clone(),
-            subscription,
-            Some(after),
-            ctx.data_unchecked::<Limits>().page,
-        )
-        .queued_as(super::catchup_client(ctx));
+        let feed = super::feed(ctx, subscription, Some(after));
         let keep = move |change: &Change| change.table == TABLE && changed_id(change) == Some(id);
         // Each item with whether it is the last.
         let updates = feed.into_stream(keep).map(|item| match item {

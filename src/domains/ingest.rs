@@ -15,7 +15,7 @@
 //! The HTTP layer turns a body into [`Line`]s; a malformed line is a
 //! [`Refusal`] naming it.
 
-use std::{pin::pin, sync::Arc};
+use std::pin::pin;
 
 use async_graphql::{Context, Object, Result as GqlResult, SimpleObject, Subscription, ID};
 use base64::Engine;
@@ -26,12 +26,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
-use super::Limits;
 use crate::{
     auth::{Role, Viewer},
-    db::{Change, ChangeLog, DbError, Op},
+    db::{Change, DbError, Op},
     error::{cursor_expired, database, ErrorCode},
-    hub::{Feed, Hub},
 };
 
 /// One line of a request body, numbered from 1.
@@ -556,14 +554,7 @@ impl UploadsSubscription {
         }
         let owner = (viewer.role != Role::Admin).then(|| viewer.user_id.clone());
         let after = super::start_after(ctx, after)?;
-        let hub = ctx.data_unchecked::<Arc<Hub>>();
-        let feed = Feed::new(
-            ctx.data_unchecked::<ChangeLog>().clone(),
-            hub.subscribe("uploads"),
-            after,
-            ctx.data_unchecked::<Limits>().page,
-        )
-        .queued_as(super::catchup_client(ctx));
+        let feed = super::feed(ctx, super::hub(ctx).subscribe("uploads"), after);
         let wanted = upload_id.to_ascii_lowercase();
         let keep = move |change: &Change| {
             let text = |name: &str| {

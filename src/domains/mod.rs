@@ -52,6 +52,28 @@ pub(crate) fn catchup_client(ctx: &async_graphql::Context<'_>) -> String {
     crate::hub::CatchupLane::of(user, ctx.data_opt::<std::net::IpAddr>().copied()).0
 }
 
+/// A feed for this request's subscriber from `subscription` (a hub topic
+/// it joined), after `after` (or live): its catch-up reads sized by the
+/// server's page and taking the caller's turns.
+pub(crate) fn feed(
+    ctx: &async_graphql::Context<'_>,
+    subscription: crate::hub::Subscription,
+    after: Option<crate::db::Cursor>,
+) -> crate::hub::Feed {
+    crate::hub::Feed::new(
+        ctx.data_unchecked::<crate::db::ChangeLog>().clone(),
+        subscription,
+        after,
+        ctx.data_unchecked::<Limits>().page,
+    )
+    .queued_as(catchup_client(ctx))
+}
+
+/// The hub of this server, to join a topic.
+pub(crate) fn hub<'a>(ctx: &async_graphql::Context<'a>) -> &'a std::sync::Arc<crate::hub::Hub> {
+    ctx.data_unchecked()
+}
+
 /// Where a subscription starts in the log: after the cursor a catching-up
 /// shared member resumes from ([`crate::hub::ResumeAfter`]), else after the
 /// client's `after` argument, else live.

@@ -9,12 +9,10 @@ use deadpool_postgres::Pool;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::Limits;
 use crate::{
     auth::{Role, Viewer},
-    db::{Change, ChangeLog, Op},
+    db::{Change, Op},
     error::{cursor_expired, database, ErrorCode},
-    hub::{Feed, Hub},
     services::MutationLimit,
     sharing::{ShareQuery, ShareRule, Visibility},
     streams::{batch, pace},
@@ -255,15 +253,7 @@ fn stream_for(
 ) -> Result<impl Stream<Item = Result<Notification>> + Send + 'static> {
     let user = target(ctx, user_id)?;
     let after = super::start_after(ctx, after)?;
-    let log = ctx.data_unchecked::<ChangeLog>().clone();
-    let hub = ctx.data_unchecked::<Arc<Hub>>();
-    let feed = Feed::new(
-        log,
-        hub.subscribe(TOPIC),
-        after,
-        ctx.data_unchecked::<Limits>().page,
-    )
-    .queued_as(super::catchup_client(ctx));
+    let feed = super::feed(ctx, super::hub(ctx).subscribe(TOPIC), after);
     let keep = move |change: &Change| {
         change.table == TABLE
             && change.op == Op::Insert

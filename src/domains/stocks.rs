@@ -9,12 +9,11 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use futures_util::{stream, Stream, StreamExt};
 
-use super::Limits;
 use crate::{
     auth::{Role, Viewer},
-    db::{Change, ChangeLog, Cursor, Op},
+    db::{Change, Cursor, Op},
     error::{cursor_expired, database, ErrorCode},
-    hub::{Feed, Hub},
+    hub::Hub,
     services::MutationLimit,
     streams::pace,
 };
@@ -155,13 +154,7 @@ impl StocksSubscription {
         });
         // Everything committed after the snapshot's position.
         let after = Cursor::new(position, i64::MAX);
-        let feed = Feed::new(
-            ctx.data_unchecked::<ChangeLog>().clone(),
-            subscription,
-            Some(after),
-            ctx.data_unchecked::<Limits>().page,
-        )
-        .queued_as(super::catchup_client(ctx));
+        let feed = super::feed(ctx, subscription, Some(after));
         let wanted = symbol.clone();
         let keep = move |change: &Change| {
             change.table == TABLE

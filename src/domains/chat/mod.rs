@@ -28,9 +28,8 @@ pub use membership::Memberships;
 use super::Limits;
 use crate::{
     auth::{Viewer, MAX_USER_ID_BYTES},
-    db::{Change, ChangeLog, Op},
+    db::{Change, Op},
     error::{cursor_expired, database, ErrorCode},
-    hub::{Feed, Hub},
     services::{
         rooms::{RoomId, Users},
         MutationLimit, Rooms,
@@ -492,15 +491,7 @@ impl ChatSubscription {
                 Some(lease(ctx, room, user, true).await?)
             }
         };
-        let log = ctx.data_unchecked::<ChangeLog>().clone();
-        let hub = ctx.data_unchecked::<Arc<Hub>>();
-        let feed = Feed::new(
-            log,
-            hub.subscribe(TOPIC),
-            after,
-            ctx.data_unchecked::<Limits>().page,
-        )
-        .queued_as(super::catchup_client(ctx));
+        let feed = super::feed(ctx, super::hub(ctx).subscribe(TOPIC), after);
         let keep = move |change: &Change| {
             change.table == TABLE
                 && change.op == Op::Insert
