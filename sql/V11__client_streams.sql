@@ -10,6 +10,8 @@ CREATE TABLE tidewire.metric_batches (
     names int NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+-- The dashboard sums the last minute's batches.
+CREATE INDEX metric_batches_received ON tidewire.metric_batches USING brin (received_at);
 SELECT tidewire.track('tidewire.metric_batches', topic => 'metrics', owner_column => 'user_id');
 
 -- `batch_id` names its row in metric_batches, written in the same

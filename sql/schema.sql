@@ -965,6 +965,13 @@ CREATE INDEX messages_room ON tidewire.messages USING btree (room_id, id DESC);
 
 
 --
+-- Name: metric_batches_received; Type: INDEX; Schema: tidewire; Owner: -
+--
+
+CREATE INDEX metric_batches_received ON tidewire.metric_batches USING brin (received_at);
+
+
+--
 -- Name: metrics_batch; Type: INDEX; Schema: tidewire; Owner: -
 --
 

@@ -154,6 +154,9 @@ async fn a_malformed_line_is_named_and_nothing_is_kept() {
         refusal["error"].as_str().unwrap().contains("expected 1"),
         "{refusal}"
     );
+    let empty = "{\"sequence\":0,\"data\":\"\",\"timestamp\":\"2026-11-28T10:00:00Z\"}\n";
+    let (status, refusal) = post(&server, "/streams/uploads", Some("ann"), empty.into()).await;
+    assert_eq!((status, &refusal["line"]), (400, &json!(1)), "{refusal}");
     let duplicate = format!("{}\n{}\n", lines[0], lines[0]);
     let (status, refusal) = post(
         &server,

@@ -406,6 +406,9 @@ async fn store_chunks(
         let data = base64::engine::general_purpose::STANDARD
             .decode(chunk.data.as_bytes())
             .map_err(|error| bad(line.number, format!("`data` is not base64: {error}")))?;
+        if data.is_empty() {
+            return Err(bad(line.number, "a chunk holds at least one byte"));
+        }
         if data.len() > max_chunk_bytes {
             return Err(Refusal::TooLarge(format!(
                 "line {}: a chunk is at most {max_chunk_bytes} bytes",
