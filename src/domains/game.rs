@@ -17,7 +17,6 @@ use futures_util::{stream, Stream, StreamExt};
 use serde_json::Value;
 
 use crate::{
-    auth::Viewer,
     db::{Change, Cursor, Op},
     error::{cursor_expired, database, internal, ErrorCode},
     hub::Hub,
@@ -440,9 +439,7 @@ fn changed_id(change: &Change) -> Option<i64> {
 
 /// The signed-in caller's user id; `UNAUTHENTICATED` otherwise.
 fn caller<'a>(ctx: &Context<'a>, doing: &str) -> Result<&'a str> {
-    ctx.data_opt::<Viewer>()
-        .map(|viewer| viewer.user_id.as_str())
-        .ok_or_else(|| ErrorCode::Unauthenticated.error(format!("sign in to {doing}")))
+    super::viewer(ctx, doing).map(|viewer| viewer.user_id.as_str())
 }
 
 fn not_found() -> async_graphql::Error {

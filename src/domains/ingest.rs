@@ -485,8 +485,7 @@ fn is_not_found(error: &async_graphql::Error) -> bool {
 }
 
 fn owner_only<'a>(ctx: &Context<'a>) -> GqlResult<&'a Viewer> {
-    ctx.data_opt::<Viewer>()
-        .ok_or_else(|| ErrorCode::Unauthenticated.error("sign in to see uploads"))
+    super::viewer(ctx, "see uploads")
 }
 
 /// The upload `id` if `viewer` may see it (its owner, or an admin);

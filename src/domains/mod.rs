@@ -52,6 +52,17 @@ pub(crate) fn catchup_client(ctx: &async_graphql::Context<'_>) -> String {
     crate::hub::CatchupLane::of(user, ctx.data_opt::<std::net::IpAddr>().copied()).0
 }
 
+/// The signed-in caller; `UNAUTHENTICATED` saying what needs signing in
+/// (`doing`, e.g. "send notifications") otherwise.
+pub(crate) fn viewer<'a>(
+    ctx: &async_graphql::Context<'a>,
+    doing: &str,
+) -> async_graphql::Result<&'a crate::auth::Viewer> {
+    ctx.data_opt::<crate::auth::Viewer>().ok_or_else(|| {
+        crate::error::ErrorCode::Unauthenticated.error(format!("sign in to {doing}"))
+    })
+}
+
 /// A feed for this request's subscriber from `subscription` (a hub topic
 /// it joined), after `after` (or live): its catch-up reads sized by the
 /// server's page and taking the caller's turns.

@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::{
-    auth::{Role, Viewer},
+    auth::Role,
     db::{Change, Op},
     error::{cursor_expired, database, ErrorCode},
     services::MutationLimit,
@@ -65,12 +65,7 @@ impl Notification {
     }
 }
 
-/// The signed-in caller; `UNAUTHENTICATED` saying what needs signing in
-/// (`doing`, e.g. "send notifications") otherwise.
-fn viewer<'a>(ctx: &Context<'a>, doing: &str) -> Result<&'a Viewer> {
-    ctx.data_opt::<Viewer>()
-        .ok_or_else(|| ErrorCode::Unauthenticated.error(format!("sign in to {doing}")))
-}
+use super::viewer;
 
 /// The user whose notifications the caller may read: their own, or any
 /// user's for an admin.

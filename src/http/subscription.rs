@@ -99,7 +99,7 @@ impl Subscription {
                     Some(lease) => Box::pin(self.leased(run, lease)).await,
                 }
             }
-            None => Box::pin(self.alone(self.own_request(request), None))
+            None => Box::pin(self.alone(self.own_request(request), None, None))
                 .await
                 .map(|end| end.complete),
         };
@@ -114,10 +114,13 @@ impl Subscription {
     /// Its own execution, until it ends — or, for a member catching up
     /// (`member` given), until it has caught up with its group and rejoined
     /// it.
+    /// `start`: the member reads a start of its own first, and rejoins
+    /// only from the item this says completes it (see `StartAlone`).
     async fn alone(
         &self,
         request: Request,
         mut member: Option<(&mut Member, &mut Cursor)>,
+        start: Option<&StartAlone>,
     ) -> Result<AloneEnd, Closed> {
         self.operations.fanout.count_execution();
         let mut stream = self
@@ -126,7 +129,7 @@ impl Subscription {
             .schema()
             .execute_stream(request)
             .peekable();
-        let mut first = true;
+        let (mut first, mut started) = (true, start.is_none());
         while let Some(response) = stream.next().await {
             let response = with_codes(response);
             if first && failed_to_start(&response, &mut stream) {
@@ -149,7 +152,16 @@ impl Subscription {
                 if let Some(cursor) = member.shape().cursor_of(&response) {
                     **last = cursor;
                 }
-                if member.rejoin(**last) {
+                started = started
+                    || start.is_some_and(|ready| {
+                        member
+                            .shape()
+                            .item_of(&response)
+                            .is_some_and(|item| ready(item))
+                    });
+                // Once the group has delivered nothing after this item, its
+                // next results are what this stream would send next.
+                if started && member.rejoin(**last) {
                     return Ok(AloneEnd {
                         complete: false,
                         rejoined: true,
@@ -182,44 +194,15 @@ impl Subscription {
         mut member: Member,
         ready: StartAlone,
     ) -> Result<bool, Closed> {
-        self.operations.fanout.count_execution();
-        let mut stream = self
-            .operations
-            .fanout
-            .schema()
-            .execute_stream(request)
-            .peekable();
-        let (mut first, mut started) = (true, false);
-        while let Some(response) = stream.next().await {
-            let response = with_codes(response);
-            if first && failed_to_start(&response, &mut stream) {
-                self.outbox
-                    .text(
-                        self.frames
-                            .error(&self.quoted_id, &serialize_errors(&response)),
-                    )
-                    .await?;
-                return Ok(false);
-            }
-            first = false;
-            self.outbox
-                .text(self.frames.next(&self.quoted_id, &serialize(&response)))
-                .await?;
-            started = started
-                || member
-                    .shape()
-                    .item_of(&response)
-                    .is_some_and(|item| ready(item));
-            if let Some(cursor) = member.shape().cursor_of(&response).filter(|_| started) {
-                // The group has delivered nothing after this item: its next
-                // results are what this stream would send next.
-                if member.rejoin(cursor) {
-                    drop(stream);
-                    return self.shared_from(member, cursor).await;
-                }
-            }
+        let mut last = member.start;
+        let end = self
+            .alone(request, Some((&mut member, &mut last)), Some(&ready))
+            .await?;
+        if end.rejoined {
+            self.shared_from(member, last).await
+        } else {
+            Ok(end.complete)
         }
-        Ok(true)
     }
 
     /// A member granted its class under a lease: `run` until the lease
@@ -275,7 +258,8 @@ impl Subscription {
                     // then rejoin.
                     self.operations.hub.count_catchup();
                     let request = member.shape().resume(last, self.catchup_lane());
-                    let end = Box::pin(self.alone(request, Some((&mut member, &mut last)))).await?;
+                    let end =
+                        Box::pin(self.alone(request, Some((&mut member, &mut last)), None)).await?;
                     if !end.rejoined {
                         return Ok(end.complete);
                     }

@@ -131,10 +131,7 @@ pub struct RoomUsers {
     pub cursor: Option<String>,
 }
 
-fn viewer<'a>(ctx: &Context<'a>, doing: &str) -> Result<&'a Viewer> {
-    ctx.data_opt::<Viewer>()
-        .ok_or_else(|| ErrorCode::Unauthenticated.error(format!("sign in to {doing}")))
-}
+use super::viewer;
 
 fn room_id(id: &ID) -> Result<RoomId> {
     id.parse()
